@@ -1,0 +1,1 @@
+"""近似計算 (approximation): token mixers that replace softmax attention with something cheaper."""

@@ -1,0 +1,125 @@
+"""The registry of methods: one row per implemented method, plus the survey's map.
+
+The comparison chapter and ``attnlib.bench`` iterate :data:`METHODS`. Each row
+names its code by import path ("module:attribute") and is resolved only when
+asked for, so importing the registry imports no method (no work at import time).
+
+To add a method, append a :class:`Method` to ``METHODS`` below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+CATEGORIES = {
+    "baseline": "ベースライン",
+    "sparsification": "attentionの間引き",
+    "approximation": "近似計算",
+    "computation optimization": "計算過程の最適化",
+}
+DOMAINS = ("language", "vision", "any")
+
+
+def _resolve(path: str | None):
+    if path is None:
+        return None
+    module_name, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # registry key, e.g. "bigbird"
+    title: str  # display name, e.g. "BigBird sparse attention"
+    category: str  # a key of CATEGORIES
+    domain: str  # one of DOMAINS
+    paper: str  # authors, title, venue year
+    url: str  # the paper (arXiv)
+    time_cost: str  # O-notation in the sequence length N (and head dim d)
+    memory_cost: str  # extra memory beyond q, k, v, out
+    attention: str | None  # "module:function" with signature f(q, k, v, *, causal=False, ...) -> out
+    module: str  # "module:Class", the nn.Module block
+    pattern: str | None  # "module:function" returning a bool (N_q, N_k) or (H, N_q, N_k) mask
+    chapter: str  # notebook file name under chapters/en and chapters/ja
+
+    def __post_init__(self):
+        if self.category not in CATEGORIES:
+            raise ValueError(f"category must be one of {sorted(CATEGORIES)}, got {self.category!r}")
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
+
+    def attention_fn(self) -> Callable | None:
+        """The attention kernel, imported on first use."""
+        return _resolve(self.attention)
+
+    def module_cls(self) -> type:
+        """The ``nn.Module`` block class, imported on first use."""
+        return _resolve(self.module)
+
+    def pattern_fn(self) -> Callable | None:
+        """The pattern function, imported on first use (None for exact methods)."""
+        return _resolve(self.pattern)
+
+
+METHODS: list[Method] = [
+    Method(
+        name="dense",
+        title="Dense softmax attention",
+        category="baseline",
+        domain="any",
+        paper="Vaswani et al., Attention Is All You Need, NeurIPS 2017",
+        url="https://arxiv.org/abs/1706.03762",
+        time_cost="O(N^2 d)",
+        memory_cost="O(N^2)",
+        attention="attnlib.reference:attention",
+        module="attnlib.reference:MultiHeadSelfAttention",
+        pattern=None,
+        chapter="00_introduction.ipynb",
+    ),
+]
+
+
+def get(name: str) -> Method:
+    """The registered method called ``name``; ValueError listing the names otherwise."""
+    for method in METHODS:
+        if method.name == name:
+            return method
+    raise ValueError(f"no method named {name!r}; registered: {[m.name for m in METHODS]}")
+
+
+def by_category(category: str) -> list[Method]:
+    if category not in CATEGORIES:
+        raise ValueError(f"category must be one of {sorted(CATEGORIES)}, got {category!r}")
+    return [m for m in METHODS if m.category == category]
+
+
+@dataclass(frozen=True)
+class SurveyEntry:
+    """One method of the survey the book follows, implemented yet or not."""
+
+    method: str
+    category: str
+    domain: str
+    architecture: str  # the representative architecture that introduced or popularized it
+    registry_name: str | None  # key in METHODS once implemented
+
+    @property
+    def implemented(self) -> bool:
+        return any(m.name == self.registry_name for m in METHODS)
+
+
+SURVEY: list[SurveyEntry] = [
+    SurveyEntry("Spatial-reduction attention", "sparsification", "vision", "PVT", "pvt"),
+    SurveyEntry("Block / grid attention", "sparsification", "vision", "MaxViT", "maxvit"),
+    SurveyEntry("Shifted-window attention", "sparsification", "vision", "Swin Transformer", "swin"),
+    SurveyEntry("Deformable attention", "sparsification", "vision", "DAT", "dat"),
+    SurveyEntry("Block-sparse attention (global + window + random)", "sparsification", "language", "BigBird", "bigbird"),
+    SurveyEntry("LSH attention", "sparsification", "language", "Reformer", "reformer"),
+    SurveyEntry("Token-mixing MLP", "approximation", "vision", "MLP-Mixer", "mixer"),
+    SurveyEntry("Mean pooling", "approximation", "vision", "PoolFormer", "poolformer"),
+    SurveyEntry("Factorized attention", "approximation", "vision", "CoaT", "coat"),
+    SurveyEntry("FlashAttention (tiling, online softmax)", "computation optimization", "any", "FlashAttention", "flash"),
+    SurveyEntry("Multi-query attention on FlashAttention", "computation optimization", "language", "Falcon", "falcon"),
+]
