@@ -10,7 +10,7 @@ To add a method, append a :class:`Method` to ``METHODS`` below.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 CATEGORIES = {
@@ -43,6 +43,8 @@ class Method:
     module: str  # "module:Class", the nn.Module block
     pattern: str | None  # "module:function" returning a bool (N_q, N_k) or (H, N_q, N_k) mask
     chapter: str  # notebook file name under chapters/en and chapters/ja
+    # keyword arguments for attention() in benchmarks and the comparison chapter
+    bench_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.category not in CATEGORIES:
