@@ -24,9 +24,7 @@ def check_tensor(name: str, x, *, ndim: int | None = None, floating: bool = True
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if ndim is not None and x.ndim != ndim:
-        raise ValueError(
-            f"{name} must have {ndim} dimensions, got {x.ndim} dimensions with shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must have {ndim} dimensions, got {x.ndim} dimensions with shape {tuple(x.shape)}")
     if floating and x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {x.dtype}")
 
@@ -76,9 +74,7 @@ def check_mask(mask, batch_heads_queries_keys: tuple[int, int, int, int], device
         raise ValueError(f"mask must be on the device of q ({device}), got {mask.device}")
     target = batch_heads_queries_keys
     if mask.ndim > 4 or mask.ndim < 2:
-        raise ValueError(
-            f"mask must be broadcastable to (B, H, N_q, N_k) = {target}, got shape {tuple(mask.shape)}"
-        )
+        raise ValueError(f"mask must be broadcastable to (B, H, N_q, N_k) = {target}, got shape {tuple(mask.shape)}")
     padded = (1,) * (4 - mask.ndim) + tuple(mask.shape)
     for got, want in zip(padded, target):
         if got not in (1, want):

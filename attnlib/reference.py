@@ -36,7 +36,7 @@ from torch import nn
 
 from ._checks import check_mask, check_positive_int, check_qkv, check_tokens
 
-__all__ = ["attention", "causal_mask", "expand_kv_heads", "MultiHeadSelfAttention"]
+__all__ = ["attention", "sdpa_attention", "causal_mask", "expand_kv_heads", "MultiHeadSelfAttention"]
 
 
 def causal_mask(N_q: int, N_k: int, device=None) -> torch.Tensor:
@@ -92,23 +92,47 @@ def attention(
     k = expand_kv_heads(k, H)  # (B, H, N_k, d)
     v = expand_kv_heads(v, H)  # (B, H, N_k, d_v)
 
-    scores = (q.to(compute_dtype) @ k.to(compute_dtype).transpose(-2, -1)) * scale  # (B, H, N_q, N_k)
+    q_scaled = q.to(compute_dtype) * scale  # (B, H, N_q, d); scaling q is cheaper than scaling N x N scores
+    scores = q_scaled @ k.to(compute_dtype).transpose(-2, -1)  # (B, H, N_q, N_k), Eq. (1)
     allowed = mask  # None or broadcastable to (B, H, N_q, N_k)
     if causal:
         cmask = causal_mask(N_q, N_k, device=q.device)  # (N_q, N_k)
         allowed = cmask if allowed is None else allowed & cmask
     if allowed is not None:
-        scores = scores.masked_fill(~allowed, float("-inf"))
-
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (B, H, N_q, 1); -inf on empty rows
-    # exp(s - lse) is softmax; an empty row has lse = -inf and would give NaN, so
-    # subtract 0 there instead: exp(-inf - 0) = 0 gives the zero row we promise.
-    safe_lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    probs = torch.exp(scores - safe_lse)  # (B, H, N_q, N_k)
-    out = (probs @ v.to(compute_dtype)).to(q.dtype)  # (B, H, N_q, d_v)
+        # The lowest finite value, not -inf: a row with every key masked then stays
+        # finite (uniform) inside softmax, and we zero its output below. With -inf
+        # it would be 0/0 = NaN, in the forward and in the gradients.
+        scores = scores.masked_fill_(~allowed, torch.finfo(compute_dtype).min)
+    probs = torch.softmax(scores, dim=-1)  # (B, H, N_q, N_k)
+    out = probs @ v.to(compute_dtype)  # (B, H, N_q, d_v)
+    if allowed is not None:
+        empty_row = ~allowed.any(dim=-1, keepdim=True)  # (..., N_q, 1): no key to attend to
+        out = out.masked_fill(empty_row, 0.0)
+    out = out.to(q.dtype)
     if return_lse:
-        return out, lse.squeeze(-1)  # (B, H, N_q)
+        lse = torch.logsumexp(scores, dim=-1)  # (B, H, N_q)
+        if allowed is not None:
+            lse = lse.masked_fill(empty_row.squeeze(-1), float("-inf"))
+        return out, lse
     return out
+
+
+def sdpa_attention(q, k, v, *, mask=None, causal=False, scale=None):
+    """PyTorch's fused ``scaled_dot_product_attention`` with attnlib's conventions.
+
+    The exact baseline a user would otherwise pick (on CPU a flash-style kernel
+    with O(N) memory). Unlike SDPA's own ``is_causal``, ``causal`` here aligns
+    queries to the end of the keys, as :func:`attention` does.
+    """
+    B, H, H_kv, N_q, N_k, d = check_qkv(q, k, v)
+    if mask is not None:
+        check_mask(mask, (B, H, N_q, N_k), q.device)
+    if causal:
+        cmask = causal_mask(N_q, N_k, device=q.device)  # (N_q, N_k)
+        mask = cmask if mask is None else mask & cmask
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=scale, enable_gqa=H_kv != H
+    )  # (B, H, N_q, d_v)
 
 
 class MultiHeadSelfAttention(nn.Module):

@@ -1,0 +1,250 @@
+"""Figures of attention patterns and weights, for the book and for a live kernel.
+
+Three kinds of figure, one call to pick:
+
+* :func:`heatmap` - a static matplotlib heatmap (Japanese labels render through
+  matplotlib-fontja, imported here).
+* :func:`slider_heatmap` - a plotly heatmap with a slider over precomputed frames
+  (query position, head, seed...). It is stored in the notebook as HTML that
+  needs no kernel and no network: the book serves one local copy of plotly.js
+  (see ``_ext/book_assets.py``); the HTML itself never includes or fetches it.
+* :func:`explore` - *one call in a notebook*: in a live kernel (Jupyter, Colab) it
+  shows ipywidgets controls that recompute the figure; when the notebook is
+  executed for the book (``ATTNLIB_STATIC=1``, set by ``tools/nbbuild.py`` and
+  the test command) or outside a kernel it precomputes every frame and shows
+  the slider figure.
+
+Frames are 2-D arrays ``(rows, cols)``: a boolean pattern ``(N_q, N_k)``, weights,
+or small integer categories (e.g. 0 none, 1 global, 2 window, 3 random).
+Chapter: "Introduction" (chapters/*/00_introduction.ipynb).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["heatmap", "slider_heatmap", "explore", "figure_html", "in_live_kernel", "CATEGORY_COLORS"]
+
+# Colours for categorical patterns, index = category value. Colour-blind friendly (Okabe-Ito).
+CATEGORY_COLORS = ["#f2f2f2", "#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00"]
+
+
+def _as_array(frame) -> np.ndarray:
+    if hasattr(frame, "detach"):
+        frame = frame.detach().cpu().numpy()
+    array = np.asarray(frame)
+    if array.ndim != 2:
+        raise ValueError(f"a frame must be a 2-D array (rows, cols), got shape {array.shape}")
+    if array.dtype == bool:
+        array = array.astype(np.int8)
+    return array
+
+
+def heatmap(
+    matrix,
+    *,
+    ax=None,
+    title: str | None = None,
+    xlabel: str = "key",
+    ylabel: str = "query",
+    xticklabels: Sequence[str] | None = None,
+    yticklabels: Sequence[str] | None = None,
+    categories: Sequence[str] | None = None,
+    cmap: str = "viridis",
+    colorbar: bool = True,
+):
+    """Static heatmap of a ``(rows, cols)`` pattern or weight matrix; returns the Axes.
+
+    With ``categories`` (names for the values 0, 1, 2, ...), the values are drawn in
+    :data:`CATEGORY_COLORS` with a legend instead of a colour bar.
+    """
+    import matplotlib.pyplot as plt
+    import matplotlib_fontja  # noqa: F401  (registers IPAexGothic for Japanese labels)
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    array = _as_array(matrix)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4))
+    if categories is not None:
+        colors = ListedColormap(CATEGORY_COLORS[: len(categories)])
+        ax.imshow(array, cmap=colors, vmin=-0.5, vmax=len(categories) - 0.5, interpolation="nearest")
+        handles = [Patch(color=CATEGORY_COLORS[i], label=name) for i, name in enumerate(categories)]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    else:
+        image = ax.imshow(array, cmap=cmap, interpolation="nearest")
+        if colorbar:
+            ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if xticklabels is not None:
+        ax.set_xticks(range(len(xticklabels)), list(xticklabels), rotation=90)
+    if yticklabels is not None:
+        ax.set_yticks(range(len(yticklabels)), list(yticklabels))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def slider_heatmap(
+    frames: Sequence,
+    labels: Sequence[str],
+    *,
+    titles: Sequence[str] | None = None,
+    slider_prefix: str = "",
+    xlabel: str = "key",
+    ylabel: str = "query",
+    x_ticks: Sequence[str] | None = None,
+    y_ticks: Sequence[str] | None = None,
+    categories: Sequence[str] | None = None,
+    colorscale: str = "Viridis",
+    zmin: float | None = None,
+    zmax: float | None = None,
+    size: int = 520,
+):
+    """A plotly heatmap with one slider step per frame (all frames precomputed).
+
+    Args:
+        frames: 2-D arrays of one shape, one per slider step.
+        labels: the slider's label for each frame.
+        titles: the figure title for each frame (defaults to the label).
+        categories: names of integer values 0..K-1, drawn in discrete colours.
+    """
+    import plotly.graph_objects as go
+
+    arrays = [_as_array(frame) for frame in frames]
+    if not arrays:
+        raise ValueError("frames must hold at least one 2-D array, got none")
+    if len(labels) != len(arrays):
+        raise ValueError(f"labels must have one entry per frame ({len(arrays)}), got {len(labels)}")
+    titles = list(labels) if titles is None else list(titles)
+    if len(titles) != len(arrays):
+        raise ValueError(f"titles must have one entry per frame ({len(arrays)}), got {len(titles)}")
+
+    heat = dict(colorscale=colorscale, zmin=zmin, zmax=zmax)
+    if categories is not None:
+        count = len(categories)
+        scale = []
+        for value in range(count):  # a stepped colour scale: value i -> colour i
+            scale += [[value / count, CATEGORY_COLORS[value]], [(value + 1) / count, CATEGORY_COLORS[value]]]
+        heat = dict(
+            colorscale=scale,
+            zmin=-0.5,
+            zmax=count - 0.5,
+            colorbar=dict(tickvals=list(range(count)), ticktext=list(categories)),
+        )
+    rows, cols = arrays[0].shape
+    x = list(range(cols))
+    y = list(range(rows))
+    figure = go.Figure(go.Heatmap(z=arrays[0].tolist(), x=x, y=y, **heat))
+    steps = [
+        dict(method="update", label=str(label), args=[{"z": [array.tolist()]}, {"title.text": title}])
+        for array, label, title in zip(arrays, labels, titles)
+    ]
+    figure.update_layout(
+        title=dict(text=titles[0]),
+        width=size + 140,
+        height=size + 160,
+        margin=dict(l=60, r=20, t=60, b=40),
+        sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix=slider_prefix), pad=dict(t=40))],
+        xaxis=dict(title=dict(text=xlabel), side="top", constrain="domain"),
+        yaxis=dict(title=dict(text=ylabel), autorange="reversed", scaleanchor="x"),
+    )
+    if x_ticks is not None:
+        figure.update_xaxes(tickvals=x, ticktext=list(x_ticks), tickangle=-60)
+    if y_ticks is not None:
+        figure.update_yaxes(tickvals=y, ticktext=list(y_ticks))
+    return figure
+
+
+def figure_html(figure, div_id: str):
+    """HTML for a plotly figure that loads nothing: the page provides plotly.js.
+
+    ``div_id`` is fixed by the caller so that the stored notebook output is the
+    same on every run (nbval compares it).
+    """
+    if not re.fullmatch(r"[A-Za-z][\w-]*", div_id):
+        raise ValueError(f"div_id must be letters, digits, '-' or '_' starting with a letter, got {div_id!r}")
+    from IPython.display import HTML
+
+    html = figure.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, config={"responsive": True})
+    return HTML(html)
+
+
+def in_live_kernel() -> bool:
+    """True in an interactive Jupyter/Colab kernel, False when executing for the book."""
+    if os.environ.get("ATTNLIB_STATIC"):
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ in ("ZMQInteractiveShell", "Shell")
+
+
+def explore(
+    compute: Callable[..., object],
+    params: dict[str, Sequence],
+    *,
+    div_id: str,
+    label: Callable[..., str] | None = None,
+    title: Callable[..., str] | None = None,
+    **figure_options,
+):
+    """Show ``compute(**params) -> 2-D frame`` with controls over ``params``.
+
+    In a live kernel: one ipywidgets control per parameter, recomputing on change.
+    Otherwise: every combination of ``params`` is precomputed into a
+    :func:`slider_heatmap` (keep the grid small) and displayed as static HTML.
+    Displays the figure and returns None (so a notebook shows it exactly once).
+    """
+    from IPython.display import display
+
+    names = list(params)
+    if not names:
+        raise ValueError("params must name at least one parameter with a list of values")
+    for name, values in params.items():
+        if len(values) == 0:
+            raise ValueError(f"params[{name!r}] must list at least one value, got none")
+    label = label or (lambda **kw: ", ".join(f"{k}={v}" for k, v in kw.items()))
+    title = title or label
+
+    if in_live_kernel():
+        import ipywidgets as widgets
+        import matplotlib.pyplot as plt
+
+        categories = figure_options.get("categories")
+
+        def redraw(**kwargs):
+            heatmap(
+                compute(**kwargs),
+                title=title(**kwargs),
+                categories=categories,
+                xlabel=figure_options.get("xlabel", "key"),
+                ylabel=figure_options.get("ylabel", "query"),
+            )
+            plt.show()
+
+        controls = {
+            name: widgets.SelectionSlider(options=list(values), description=name) for name, values in params.items()
+        }
+        widget = widgets.interactive(redraw, **controls)
+        display(widget)
+        return None
+
+    combos = [dict(zip(names, values)) for values in itertools.product(*params.values())]
+    frames = [compute(**combo) for combo in combos]
+    figure = slider_heatmap(
+        frames,
+        [label(**combo) for combo in combos],
+        titles=[title(**combo) for combo in combos],
+        **figure_options,
+    )
+    display(figure_html(figure, div_id))
+    return None
