@@ -10,8 +10,8 @@ To add a method, append a :class:`Method` to ``METHODS`` below.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 CATEGORIES = {
     "baseline": "ベースライン",
@@ -80,6 +80,20 @@ METHODS: list[Method] = [
         pattern=None,
         chapter="00_introduction.ipynb",
     ),
+    Method(
+        name="sdpa",
+        title="PyTorch scaled_dot_product_attention (fused)",
+        category="baseline",
+        domain="any",
+        paper="PyTorch torch.nn.functional.scaled_dot_product_attention",
+        url="https://pytorch.org/docs/stable/generated/torch.nn.functional.scaled_dot_product_attention.html",
+        time_cost="O(N^2 d)",
+        memory_cost="O(N) (fused kernel)",
+        attention="attnlib.reference:sdpa_attention",
+        module="attnlib.reference:MultiHeadSelfAttention",
+        pattern=None,
+        chapter="00_introduction.ipynb",
+    ),
 ]
 
 
@@ -117,11 +131,15 @@ SURVEY: list[SurveyEntry] = [
     SurveyEntry("Block / grid attention", "sparsification", "vision", "MaxViT", "maxvit"),
     SurveyEntry("Shifted-window attention", "sparsification", "vision", "Swin Transformer", "swin"),
     SurveyEntry("Deformable attention", "sparsification", "vision", "DAT", "dat"),
-    SurveyEntry("Block-sparse attention (global + window + random)", "sparsification", "language", "BigBird", "bigbird"),
+    SurveyEntry(
+        "Block-sparse attention (global + window + random)", "sparsification", "language", "BigBird", "bigbird"
+    ),
     SurveyEntry("LSH attention", "sparsification", "language", "Reformer", "reformer"),
     SurveyEntry("Token-mixing MLP", "approximation", "vision", "MLP-Mixer", "mixer"),
     SurveyEntry("Mean pooling", "approximation", "vision", "PoolFormer", "poolformer"),
     SurveyEntry("Factorized attention", "approximation", "vision", "CoaT", "coat"),
-    SurveyEntry("FlashAttention (tiling, online softmax)", "computation optimization", "any", "FlashAttention", "flash"),
+    SurveyEntry(
+        "FlashAttention (tiling, online softmax)", "computation optimization", "any", "FlashAttention", "flash"
+    ),
     SurveyEntry("Multi-query attention on FlashAttention", "computation optimization", "language", "Falcon", "falcon"),
 ]
