@@ -155,7 +155,7 @@ def measure_in_fresh_process(
         result = {"median_s": math.nan, "peak_mib": math.nan, "error": f"timeout after {timeout} s"}
     else:
         if completed.returncode != 0:
-            last_line = (completed.stderr.strip().splitlines() or ["exit code %d" % completed.returncode])[-1]
+            last_line = (completed.stderr.strip().splitlines() or [f"exit code {completed.returncode}"])[-1]
             result = {"median_s": math.nan, "peak_mib": math.nan, "error": last_line}
         else:
             result = json.loads(completed.stdout.strip().splitlines()[-1])
