@@ -6,8 +6,9 @@ How (see FACTS.md of the project):
   call is synchronized. On the shared CPUs only ratios measured in the same run
   mean something; absolute times are quoted only from a GPU.
 * **peak memory on CPU**: each configuration runs in a *fresh process*; it builds
-  its inputs, reads its current resident set size, calls the method once, and
-  reports ``ru_maxrss`` minus that. Dense attention then reads exactly its two
+  its inputs, resets the kernel's high-water mark of the resident set, reads the
+  current resident set size, calls the method once, and reports the high-water
+  mark minus that. Dense attention then reads exactly its two
   ``N x N`` float32 buffers (scores and probabilities). On a GPU:
   ``torch.cuda.max_memory_allocated`` minus the memory held before the call.
 
@@ -73,16 +74,31 @@ def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, 
     return statistics.median(times)
 
 
-def _current_rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark (Linux >= 4.0); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def peak_memory_bytes(fn: Callable[[], object], device="cpu") -> int:
     """Peak memory that one call of ``fn()`` adds, in bytes.
 
-    On CPU this is only meaningful as the *first* large call in a fresh process
-    (``ru_maxrss`` never goes down): use :func:`measure_in_fresh_process`.
+    On CPU: the resident-set high-water mark is reset just before the call (or, where
+    the kernel does not allow that, ``ru_maxrss`` is read, which is only meaningful for
+    the first large call in a fresh process: use :func:`measure_in_fresh_process`).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -92,9 +108,14 @@ def peak_memory_bytes(fn: Callable[[], object], device="cpu") -> int:
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    before = _current_rss_bytes()
-    fn()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    if _reset_peak_rss():
+        before = _status_bytes("VmRSS")
+        fn()
+        peak = _status_bytes("VmHWM")
+    else:
+        before = _status_bytes("VmRSS")
+        fn()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return max(0, peak - before)
 
 

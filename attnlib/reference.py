@@ -36,7 +36,14 @@ from torch import nn
 
 from ._checks import check_mask, check_positive_int, check_qkv, check_tokens
 
-__all__ = ["attention", "sdpa_attention", "causal_mask", "expand_kv_heads", "MultiHeadSelfAttention"]
+__all__ = [
+    "attention",
+    "attention_weights",
+    "sdpa_attention",
+    "causal_mask",
+    "expand_kv_heads",
+    "MultiHeadSelfAttention",
+]
 
 
 def causal_mask(N_q: int, N_k: int, device=None) -> torch.Tensor:
@@ -115,6 +122,17 @@ def attention(
             lse = lse.masked_fill(empty_row.squeeze(-1), float("-inf"))
         return out, lse
     return out
+
+
+def attention_weights(q, k, *, mask=None, causal=False, scale=None) -> torch.Tensor:
+    """The softmax matrix ``P = softmax(q k^T * scale)``, ``(B, H, N_q, N_k)``, for figures.
+
+    Same conventions as :func:`attention` (fully masked rows are all zeros).
+    This *is* the N x N matrix: use it to look at small examples, not to compute.
+    """
+    B, H, H_kv, N_q, N_k, d = check_qkv(q, k, k)
+    eye = torch.eye(N_k, dtype=q.dtype, device=q.device).expand(B, H_kv, N_k, N_k)  # (B, H_kv, N_k, N_k)
+    return attention(q, k, eye, mask=mask, causal=causal, scale=scale)  # P @ I = P
 
 
 def sdpa_attention(q, k, v, *, mask=None, causal=False, scale=None):

@@ -1,0 +1,122 @@
+"""The book's conventions for chapter notebooks (nbval checks their outputs separately)."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import nbbuild  # noqa: E402
+
+EN = sorted((ROOT / "chapters" / "en").glob("*.ipynb"))
+JA = sorted((ROOT / "chapters" / "ja").glob("*.ipynb"))
+NAMES = sorted({p.stem for p in EN} | {p.stem for p in JA})
+
+
+def load(language: str, name: str) -> dict:
+    path = ROOT / "chapters" / language / f"{name}.ipynb"
+    assert path.exists(), f"{path.relative_to(ROOT)} is missing: every chapter exists in both languages"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def code_cells(notebook: dict) -> list[dict]:
+    return [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def test_there_are_chapters():
+    assert "00_introduction" in NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_twins_share_every_code_cell(name):
+    en, ja = code_cells(load("en", name)), code_cells(load("ja", name))
+    assert [source(c) for c in en] == [source(c) for c in ja], f"{name}: English and Japanese code cells differ"
+    assert [c.get("metadata", {}).get("tags", []) for c in en] == [c.get("metadata", {}).get("tags", []) for c in ja]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebooks_are_generated_from_their_source(name):
+    """The stored notebooks are what tools/nbbuild.py writes from chapters/src (outputs aside)."""
+    blocks = nbbuild.parse_source((ROOT / "chapters" / "src" / f"{name}.md").read_text(encoding="utf-8"))
+    for language in nbbuild.LANGUAGES:
+        expected = [(c.cell_type, c.source) for c in nbbuild.make_notebook(name, blocks, language).cells]
+        stored = [(c["cell_type"], source(c)) for c in load(language, name)["cells"]]
+        assert stored == expected, f"{language}/{name}.ipynb is stale: run `python tools/nbbuild.py {name}`"
+
+
+@pytest.mark.parametrize("language", nbbuild.LANGUAGES)
+@pytest.mark.parametrize("name", NAMES)
+def test_setup_cell_comes_first(name, language):
+    first = code_cells(load(language, name))[0]
+    text = source(first)
+    assert "setup" in first.get("metadata", {}).get("tags", [])
+    assert text == nbbuild.setup_cell_source()
+    assert nbbuild.repo_url() in text
+    assert "pip" in text and "install" in text and "torch" not in text.split("pip", 1)[1].split("\n")[0], (
+        "the setup cell must never reinstall torch"
+    )
+    assert text.index('os.environ.setdefault("TRITON_INTERPRET", "1")') < len(text)
+    assert "import triton" not in text
+
+
+@pytest.mark.parametrize("language", nbbuild.LANGUAGES)
+@pytest.mark.parametrize("name", NAMES)
+def test_every_code_cell_is_executed_with_outputs_in_order(name, language):
+    cells = code_cells(load(language, name))
+    counts = [cell["execution_count"] for cell in cells]
+    assert all(count is not None for count in counts), f"{language}/{name}: a code cell was not executed"
+    assert counts == list(range(1, len(cells) + 1)), f"{language}/{name}: cells were not run top to bottom once"
+    for cell in cells:
+        assert not any(o.get("output_type") == "error" for o in cell["outputs"]), f"{language}/{name}: error output"
+        assert not any(o.get("name") == "stderr" and "Traceback" in "".join(o.get("text", "")) for o in cell["outputs"])
+
+
+@pytest.mark.parametrize("language", nbbuild.LANGUAGES)
+@pytest.mark.parametrize("name", NAMES)
+def test_only_timing_cells_ignore_their_output(name, language):
+    for cell in code_cells(load(language, name)):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "nbval-ignore-output" in tags:
+            text = source(cell)
+            assert re.search(r"bench\.|perf_counter|median_time|timeit|do_bench", text), (
+                f"{language}/{name}: a cell ignores its output but measures nothing:\n{text[:200]}"
+            )
+        assert "nbval-skip" not in tags, f"{language}/{name}: cells must not be skipped"
+        assert "raises-exception" not in tags or "Error" in json.dumps(cell["outputs"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_twins_link_to_each_other(name):
+    assert f"(../ja/{name}.ipynb)" in source(load("en", name)["cells"][0])
+    assert f"(../en/{name}.ipynb)" in source(load("ja", name)["cells"][0])
+
+
+def test_every_chapter_is_in_the_table_of_contents():
+    toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+    for name in NAMES:
+        for language in nbbuild.LANGUAGES:
+            assert f"chapters/{language}/{name}" in toc, f"{language}/{name} is not in _toc.yml"
+
+
+def test_japanese_chapters_are_written_in_japanese():
+    for name in NAMES:
+        prose = "".join(source(c) for c in load("ja", name)["cells"] if c["cell_type"] == "markdown")
+        japanese = len(re.findall(r"[\u3040-\u30ff\u4e00-\u9fff]", prose))
+        assert japanese > 0.3 * len(re.findall(r"[A-Za-z]", prose)), f"ja/{name}: prose is mostly not Japanese"
+        assert "アテンション" not in prose and "トランス" not in prose.replace("トランスフォーマー", ""), (
+            "JAPANESE.md: keep 'attention' and 'Transformer' in Latin letters"
+        )
+
+
+def test_parse_source_rejects_unknown_headers():
+    with pytest.raises(ValueError, match="unknown block header"):
+        nbbuild.parse_source("%% en\n# T\n%% fr\nbonjour")
+    with pytest.raises(ValueError, match="before the first"):
+        nbbuild.parse_source("stray\n%% en\n# T")

@@ -1,0 +1,133 @@
+"""The shared pieces: registry, viz, bench."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from attnlib import bench, registry, viz
+
+
+def test_every_registered_method_resolves_and_matches_dense_where_exact():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 256, 16) for _ in range(3))
+    names = [m.name for m in registry.METHODS]
+    assert len(names) == len(set(names)), "registry names must be unique"
+    for method in registry.METHODS:
+        assert method.category in registry.CATEGORIES
+        assert method.module_cls() is not None
+        assert method.chapter.endswith(".ipynb"), method.name
+        attention = method.attention_fn()
+        out = attention(q, k, v, **method.bench_kwargs)
+        assert out.shape == q.shape and torch.isfinite(out).all(), method.name
+        if method.category in ("baseline", "computation optimization"):  # exact methods
+            torch.testing.assert_close(out, registry.get("dense").attention_fn()(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_survey_covers_the_three_families():
+    families = {entry.category for entry in registry.SURVEY}
+    assert families == {"sparsification", "approximation", "computation optimization"}
+    assert {entry.architecture for entry in registry.SURVEY} >= {
+        "BigBird",
+        "Reformer",
+        "FlashAttention",
+        "Swin Transformer",
+    }
+    assert any(entry.implemented for entry in registry.SURVEY) or registry.get("dense")
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="no method named 'nope'"):
+        registry.get("nope")
+    with pytest.raises(ValueError, match="category must be one of"):
+        registry.by_category("magic")
+    with pytest.raises(ValueError, match="category must be one of"):
+        registry.Method("x", "x", "magic", "any", "", "", "", "", None, "m:M", None, "x.ipynb")
+
+
+def test_slider_heatmap_has_one_step_per_frame():
+    frames = [np.eye(4), np.ones((4, 4)), torch.zeros(4, 4, dtype=torch.bool)]
+    figure = viz.slider_heatmap(frames, ["a", "b", "c"], titles=["A", "B", "C"])
+    steps = figure.layout.sliders[0].steps
+    assert [s.label for s in steps] == ["a", "b", "c"]
+    assert steps[1].args[0]["z"][0] == np.ones((4, 4)).tolist()
+    assert steps[2].args[1]["title.text"] == "C"
+    categorical = viz.slider_heatmap([np.array([[0, 1], [2, 3]])], ["x"], categories=["none", "g", "w", "r"])
+    assert list(categorical.data[0].colorbar.ticktext) == ["none", "g", "w", "r"]
+
+
+def test_figure_html_loads_no_library_and_is_deterministic():
+    figure = viz.slider_heatmap([np.eye(3)], ["only"])
+    first = viz.figure_html(figure, "fig-1").data
+    assert first == viz.figure_html(figure, "fig-1").data
+    assert 'id="fig-1"' in first
+    assert "<script src" not in first and "cdn" not in first.lower()
+    with pytest.raises(ValueError, match="div_id"):
+        viz.figure_html(figure, "1 bad id")
+
+
+def test_explore_precomputes_every_combination_when_static(monkeypatch, capsys):
+    monkeypatch.setenv("ATTNLIB_STATIC", "1")
+    assert not viz.in_live_kernel()
+    calls = []
+
+    def compute(size, shift):
+        calls.append((size, shift))
+        return np.roll(np.eye(size), shift, axis=1)
+
+    viz.explore(compute, {"size": [3], "shift": [0, 1, 2]}, div_id="explore-test")
+    assert calls == [(3, 0), (3, 1), (3, 2)]
+    with pytest.raises(ValueError, match="params"):
+        viz.explore(compute, {}, div_id="x")
+
+
+def test_viz_bad_frames():
+    with pytest.raises(ValueError, match="2-D array"):
+        viz.slider_heatmap([np.zeros(3)], ["a"])
+    with pytest.raises(ValueError, match="one entry per frame"):
+        viz.slider_heatmap([np.zeros((2, 2))], ["a", "b"])
+
+
+def test_static_heatmap_with_japanese_labels_has_no_missing_glyphs(recwarn):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ax = viz.heatmap(np.eye(3), title="注意の重み", xlabel="キー", ylabel="クエリ", categories=["なし", "窓", "全体"])
+    ax.figure.canvas.draw()
+    assert not [w for w in recwarn if "missing from" in str(w.message)]  # "Glyph ... missing from font"
+    plt.close(ax.figure)
+
+
+def test_fit_slope_recovers_exponents():
+    sizes = [256, 512, 1024, 2048]
+    assert bench.fit_slope(sizes, [3 * n**2 for n in sizes]) == pytest.approx(2.0)
+    assert bench.fit_slope(sizes, [n for n in sizes]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least two"):
+        bench.fit_slope([1, 2], [0.0, math.nan])
+
+
+def test_median_time_and_bad_arguments():
+    seconds = bench.median_time(lambda: sum(range(1000)), repeats=3, warmup=1)
+    assert seconds > 0
+    with pytest.raises(ValueError, match="repeats"):
+        bench.median_time(lambda: None, repeats=0)
+
+
+def test_fresh_process_measures_dense_memory_as_two_n_by_n_buffers(tmp_path):
+    rows = bench.run(["dense", "sdpa"], [2048], repeats=1, progress=False, out=tmp_path / "r.csv")
+    by_method = {row["method"]: row for row in rows}
+    assert not by_method["dense"]["error"], by_method["dense"]["error"]
+    two_buffers_mib = 2 * 4 * 2048 * 2048 * 4 / 2**20  # H=4, float32
+    assert by_method["dense"]["peak_mib"] == pytest.approx(two_buffers_mib, rel=0.15)
+    assert by_method["sdpa"]["peak_mib"] < two_buffers_mib / 4
+    assert [r["method"] for r in bench.read_results(tmp_path / "r.csv")] == ["dense", "sdpa"]
+
+
+def test_fresh_process_reports_errors():
+    row = bench.measure_in_fresh_process("dense", 16, d=8, dtype="float32", device="no-such-device", repeats=1)
+    assert row["error"] and math.isnan(row["median_s"])
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        bench.measure_in_fresh_process("dense", 16, dtype="int8")
