@@ -30,6 +30,8 @@ import numpy as np
 
 __all__ = ["heatmap", "slider_heatmap", "explore", "figure_html", "in_live_kernel", "CATEGORY_COLORS"]
 
+# Figure text falls back to the book's Japanese web font (see _ext/book_assets.py).
+PLOTLY_FONT = '"Open Sans", verdana, arial, sans-serif, "Noto Sans JP", "IPAexGothic"'
 # Colours for categorical patterns, index = category value. Colour-blind friendly (Okabe-Ito).
 CATEGORY_COLORS = ["#f2f2f2", "#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00"]
 
@@ -147,10 +149,11 @@ def slider_heatmap(
         for array, label, title in zip(arrays, labels, titles)
     ]
     figure.update_layout(
-        title=dict(text=titles[0]),
+        title=dict(text=titles[0], y=0.98, yref="container"),
+        font=dict(family=PLOTLY_FONT),
         width=size + 140,
-        height=size + 160,
-        margin=dict(l=60, r=20, t=60, b=40),
+        height=size + 200,
+        margin=dict(l=60, r=20, t=130, b=40),
         sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix=slider_prefix), pad=dict(t=40))],
         xaxis=dict(title=dict(text=xlabel), side="top", constrain="domain"),
         yaxis=dict(title=dict(text=ylabel), autorange="reversed", scaleanchor="x"),
