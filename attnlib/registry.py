@@ -94,6 +94,22 @@ METHODS: list[Method] = [
         pattern=None,
         chapter="00_introduction.ipynb",
     ),
+    Method(
+        name="bigbird",
+        title="BigBird block-sparse attention (global + window + random blocks)",
+        category="sparsification",
+        domain="language",
+        paper="Zaheer et al., Big Bird: Transformers for Longer Sequences, NeurIPS 2020",
+        url="https://arxiv.org/abs/2007.14062",
+        time_cost="O(N (r + 5) b d), b = block size, r = random blocks",
+        memory_cost="O(N (r + 5) b d) gathered key/value blocks",
+        attention="attnlib.sparse.bigbird:bigbird_attention",
+        module="attnlib.sparse.bigbird:BigBirdSelfAttention",
+        pattern="attnlib.sparse.bigbird:bigbird_pattern",
+        chapter="02_bigbird.ipynb",
+        # the paper's base ITC setting: 64-token blocks, 3 random blocks; needs N >= 449
+        bench_kwargs={"block_size": 64, "num_random_blocks": 3, "seed": 0},
+    ),
 ]
 
 
