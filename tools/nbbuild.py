@@ -41,7 +41,10 @@ SETUP_TAG = "setup"
 
 SETUP_CELL = """\
 # Setup: the same first cell in every chapter.
-import os, sys, subprocess
+import os
+import subprocess
+import sys
+
 REPO_URL = "{repo_url}"
 if "google.colab" in sys.modules and not os.path.isdir("/content/book"):
     # Colab: fetch the book and install attnlib from it; Colab's own torch is kept.
