@@ -110,6 +110,23 @@ METHODS: list[Method] = [
         # the paper's base ITC setting: 64-token blocks, 3 random blocks; needs N >= 449
         bench_kwargs={"block_size": 64, "num_random_blocks": 3, "seed": 0},
     ),
+    Method(
+        name="reformer",
+        title="Reformer LSH attention",
+        category="sparsification",
+        domain="language",
+        paper="Kitaev, Kaiser, Levskaya, Reformer: The Efficient Transformer, ICLR 2020",
+        url="https://arxiv.org/abs/2001.04451",
+        # R hash rounds, chunk size m; the default n_buckets ~ 2N/m makes hashing ~ R N^2 d / m
+        time_cost="O(R N m d + R N n_buckets d + R N log N)",
+        memory_cost="O(N m + R N d)",
+        attention="attnlib.sparse.reformer:lsh_attention_qkv",
+        module="attnlib.sparse.reformer:ReformerSelfAttention",
+        pattern="attnlib.sparse.reformer:lsh_pattern",
+        chapter="03_reformer.ipynb",
+        # shared-QK: q is the shared query/key, k is unused; n_buckets defaults to 2 * ceil(N / 64)
+        bench_kwargs={"n_hashes": 4, "chunk_size": 64, "seed": 0},
+    ),
 ]
 
 
