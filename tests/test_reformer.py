@@ -349,6 +349,15 @@ def test_gradients_are_finite_with_padding_and_zero_vectors():
     assert torch.isfinite(qk.grad).all() and torch.isfinite(v.grad).all()
 
 
+def test_heads_run_in_blocks_with_the_same_result(monkeypatch):
+    qk, v = make_inputs(B=2, H=3, N=40, d=8, seed=9)
+    out, lse = lsh_attention(qk, v, chunk_size=8, seed=0, causal=True, return_lse=True)
+    monkeypatch.setattr(rf, "HEAD_BLOCK_SCORES", 1)  # one head per block
+    blocked, blocked_lse = lsh_attention(qk, v, chunk_size=8, seed=0, causal=True, return_lse=True)
+    torch.testing.assert_close(blocked, out, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(blocked_lse, lse, atol=1e-6, rtol=1e-6)
+
+
 class ShapeRecorder(TorchDispatchMode):
     """Records the shape of every tensor an aten operator returns."""
 
