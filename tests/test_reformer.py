@@ -484,7 +484,9 @@ QK, V = make_inputs(B=1, H=2, N=16, d=4)
         (lambda: lsh_attention(QK, V.double()), TypeError, "qk and v must share one dtype"),
         (lambda: lsh_attention(QK.long(), V.long()), TypeError, "qk must be a floating tensor"),
         (lambda: lsh_attention(QK, V.to("meta")), ValueError, "qk and v must be on one device"),
-        (lambda: lsh_attention(QK[:, :, :0], V[:, :, :0]), ValueError, "at least one token"),
+        (lambda: lsh_attention(QK[:, :, :0], V[:, :, :0]), ValueError, r"qk must have B, H, N, d >= 1.*\(1, 2, 0, 4\)"),
+        (lambda: lsh_attention(QK[:, :0], V[:, :0]), ValueError, r"qk must have B, H, N, d >= 1"),
+        (lambda: lsh_layout(QK[..., :0]), ValueError, r"qk must have B, H, N, d >= 1"),
         (lambda: lsh_attention(QK, V, n_hashes=0), ValueError, "n_hashes must be a positive int, got 0"),
         (lambda: lsh_attention(QK, V, chunk_size=2.5), ValueError, "chunk_size must be a positive int, got 2.5"),
         (lambda: lsh_attention(QK, V, n_buckets=3), ValueError, "n_buckets must be 1 or even.*got 3"),
@@ -510,6 +512,11 @@ QK, V = make_inputs(B=1, H=2, N=16, d=4)
         (lambda: make_rotations(2, 4, 1, 5), ValueError, "n_buckets must be 1 or even"),
         (lambda: default_n_buckets(0, 64), ValueError, "N must be a positive int, got 0"),
         (lambda: shared_qk_attention(QK, V, mask=torch.ones(16, 16)), TypeError, "mask must have dtype torch.bool"),
+        (
+            lambda: shared_qk_attention(QK, V, mask=torch.ones(3, 16, 16, dtype=torch.bool)),
+            ValueError,
+            r"mask must be broadcastable to \(B, H, N_q, N_k\) = \(1, 2, 16, 16\), got shape \(3, 16, 16\)",
+        ),
         (lambda: ReformerSelfAttention(30, 4), ValueError, "dim must be divisible by num_heads"),
         (lambda: ReformerSelfAttention(32, 4, n_buckets=5), ValueError, "n_buckets must be 1 or even"),
         (lambda: ReformerSelfAttention(32, 4, seed=1.5), TypeError, "seed must be an int, got float"),
@@ -522,6 +529,6 @@ def test_bad_input_raises_with_a_clear_message(call, error, message):
         call()
 
 
-def test_no_work_at_import_and_public_api():
+def test_public_api_names_the_chapter():
     assert set(rf.__all__) >= {"lsh_attention", "lsh_pattern", "ReformerSelfAttention", "softmax_mass_captured"}
     assert "03_reformer.ipynb" in rf.__doc__

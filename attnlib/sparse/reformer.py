@@ -84,8 +84,12 @@ The rounds run one after the other (a Python loop over ``R``, never over
 chunks); each builds one ``(m, W)`` block of scores per chunk, so the
 attention costs ``O(R * N * m * d)`` time and ``O(N * m + R * N * d)`` extra
 memory: never an ``N x N`` matrix. Hashing costs ``O(R * N * n_buckets * d)``,
-which with the default ``n_buckets ~ 2N / m`` grows like ``N^2 / m`` (cheap
-next to the attention up to ``N ~ 4 m^2``); sorting costs ``O(R * N log N)``.
+which with the default ``n_buckets ~ 2N / m`` grows like ``N^2 / m``: cheap at
+a few thousand tokens, as much as the attention itself at ``N = 16K`` with
+``m = 64`` on a CPU (trax and Hugging Face factorize large bucket counts for
+this reason; we keep the paper's single hash). Sorting costs
+``O(R * N log N)``. At long ``N`` the heads run in blocks (see
+:func:`lsh_attention`), which changes nothing but speed.
 :func:`lsh_pattern`, :func:`shared_qk_attention` and
 :func:`softmax_mass_captured` *are* dense (``N x N``): they are for tests and
 figures.
@@ -107,7 +111,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_positive_int, check_tensor, check_tokens
+from .._checks import check_mask, check_positive_int, check_tensor, check_tokens
 from ..reference import attention
 
 __all__ = [
@@ -147,8 +151,8 @@ def _check_qk_v(qk, v) -> tuple[int, int, int, int]:
             f"v must have the (B, H, N) of qk, expected {tuple(qk.shape[:3])}, got v of shape {tuple(v.shape)}"
         )
     B, H, N, d = qk.shape
-    if N == 0 or d == 0:
-        raise ValueError(f"qk must have at least one token and one channel, got shape {tuple(qk.shape)}")
+    if qk.numel() == 0:
+        raise ValueError(f"qk must have B, H, N, d >= 1 (no empty axis), got shape {tuple(qk.shape)}")
     return B, H, N, d
 
 
@@ -322,16 +326,24 @@ class LSHLayout:
         """The dense boolean pattern of this layout; see :func:`lsh_pattern`."""
         _check_bool("causal", causal)
         _check_bool("per_round", per_round)
-        bucket, chunk = self.buckets, self.chunk_of_token  # each (B, H, R, N_pad)
-        same_bucket = bucket[..., :, None] == bucket[..., None, :]  # (B, H, R, N_pad, N_pad), Eq. (3)
-        # how many chunks back the key lies from the query, with wrap-around inside the round
-        chunks_back = (chunk[..., :, None] - chunk[..., None, :]) % self.n_chunks  # (B, H, R, N_pad, N_pad)
-        allowed = same_bucket & (chunks_back <= 1)  # (B, H, R, N_pad, N_pad), Eq. (5): own chunk or one back
-        allowed = allowed[..., : self.N, : self.N]  # (B, H, R, N, N): drop the padding
-        if causal:
-            position = torch.arange(self.N, device=allowed.device)
-            allowed = allowed & (position[None, :] <= position[:, None])  # (B, H, R, N, N)
-        return allowed if per_round else allowed.any(dim=2)  # (B, H, R, N, N) or (B, H, N, N)
+        bucket = self.buckets[..., : self.N].to(torch.int32)  # (B, H, R, N): padding never matters
+        chunk = self.chunk_of_token[..., : self.N].to(torch.int32)  # (B, H, R, N)
+        looks_back_at = (chunk - 1) % self.n_chunks  # (B, H, R, N): the previous chunk, with wrap-around
+        position = torch.arange(self.N, device=bucket.device)
+        rounds = []
+        for r in range(self.n_hashes):
+            query_chunk, key_chunk = chunk[:, :, r, :, None], chunk[:, :, r, None, :]  # (B, H, N, 1), (B, H, 1, N)
+            in_window = (key_chunk == query_chunk) | (key_chunk == looks_back_at[:, :, r, :, None])  # Eq. (5)
+            allowed = in_window & (bucket[:, :, r, :, None] == bucket[:, :, r, None, :])  # (B, H, N, N), Eq. (3)
+            if causal:
+                allowed &= position[None, :] <= position[:, None]  # (B, H, N, N)
+            rounds.append(allowed)
+        if per_round:
+            return torch.stack(rounds, dim=2)  # (B, H, R, N, N)
+        union = rounds[0]
+        for allowed in rounds[1:]:
+            union |= allowed
+        return union  # (B, H, N, N)
 
 
 def lsh_layout(
@@ -366,8 +378,8 @@ def _resolve_rotations(qk, n_hashes, n_buckets, chunk_size, rotations, generator
     check_positive_int("n_hashes", n_hashes)
     check_positive_int("chunk_size", chunk_size)
     B, H, N, d = qk.shape
-    if N == 0 or d == 0:
-        raise ValueError(f"qk must have at least one token and one channel, got shape {tuple(qk.shape)}")
+    if qk.numel() == 0:
+        raise ValueError(f"qk must have B, H, N, d >= 1 (no empty axis), got shape {tuple(qk.shape)}")
     if n_buckets is None:
         n_buckets = default_n_buckets(N, chunk_size)
     _check_n_buckets(n_buckets)
@@ -541,10 +553,10 @@ def lsh_attention(
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     rotations, n_buckets = _resolve_rotations(qk, n_hashes, n_buckets, chunk_size, rotations, generator, seed)
 
-    # Heads are independent. At long N the (n_chunks, m, W) scores of all heads together pass 32 MiB,
-    # where the CPU allocator stops reusing memory and every new buffer costs fresh page faults
-    # (about a third of the time at N = 16K). So the heads run in blocks of about HEAD_BLOCK_SCORES
-    # scores per round: an implementation detail, the result is the same.
+    # Heads are independent. At long N the (n_chunks, m, W) scores of all heads together grow past
+    # what the CPU caches hold and past the size up to which the C allocator reuses freed memory, so
+    # every new buffer costs fresh page faults. The heads therefore run in blocks of about
+    # HEAD_BLOCK_SCORES scores per round (1.5x faster at N = 16K on a 2-core CPU); the result is the same.
     window = 2 * chunk_size if N > chunk_size else chunk_size
     heads_per_block = max(1, HEAD_BLOCK_SCORES // (B * math.ceil(N / chunk_size) * chunk_size * window))
     outs, lses = [], []
@@ -700,9 +712,7 @@ def shared_qk_attention(
     _check_bool("causal", causal)
     _check_scale(scale)
     if mask is not None:
-        check_tensor("mask", mask, floating=False)
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must have dtype torch.bool (True = may attend), got {mask.dtype}")
+        check_mask(mask, (B, H, N, N), qk.device)
     keys = qk / torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(1e-12)  # (B, H, N, d)
     allowed = _shared_qk_mask(B, H, N, qk.device, mask, causal)  # (B, H, N, N)
     return attention(qk, keys, v, mask=allowed, scale=scale, return_lse=return_lse)  # (B, H, N, d_v)
