@@ -127,6 +127,23 @@ METHODS: list[Method] = [
         # shared-QK: q is the shared query/key, k is unused; n_buckets defaults to 2 * ceil(N / 64)
         bench_kwargs={"n_hashes": 4, "chunk_size": 64, "seed": 0},
     ),
+    Method(
+        name="flash",
+        title="FlashAttention (tiles and online softmax, exact)",
+        category="computation optimization",
+        domain="any",
+        paper="Dao et al., FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness, NeurIPS 2022",
+        url="https://arxiv.org/abs/2205.14135",
+        time_cost="O(N^2 d), HBM accesses O(N^2 d^2 / M) for SRAM size M",
+        memory_cost="O(N) (one B_r x B_c tile of scores per head)",
+        attention="attnlib.optim.flash:flash_attention",
+        module="attnlib.reference:MultiHeadSelfAttention",
+        pattern=None,
+        chapter="04_flash_attention.ipynb",
+        # the PyTorch tiles, on any device: "auto" would run the Triton kernel in Triton's (slow)
+        # interpreter on a CPU where TRITON_INTERPRET=1 is set; the kernels have their own benchmark
+        bench_kwargs={"backend": "torch", "block_q": 256, "block_k": 512},
+    ),
 ]
 
 
