@@ -49,6 +49,7 @@ zero output and ``lse = -inf``.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import os
 import warnings
@@ -553,10 +554,10 @@ def _load_triton():
     try:
         import triton  # noqa: F401
 
-        from . import flash_triton
+        # import_module consults sys.modules even when the package already holds the attribute
+        return importlib.import_module("attnlib.optim.flash_triton")
     except ImportError:
         return None
-    return flash_triton
 
 
 @functools.cache
