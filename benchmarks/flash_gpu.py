@@ -25,7 +25,7 @@ Usage (from the repository root, on a machine with a CUDA GPU)::
 writes ``flash_gpu.csv`` (columns date, gpu, dtype, d, N, causal, method, pass, ms, tflops,
 B, H) and ``flash_gpu.png`` (TFLOP/s against N, log-log) into ``--out``. The full sweep takes
 about 5-8 minutes on an H100/H200 (``--max-minutes`` stops it early, keeping what was measured).
-Chapter: "FlashAttention" (chapters/*/flash_attention.ipynb).
+Chapter: "FlashAttention in Triton" (chapters/*/05_flash_triton.ipynb).
 """
 
 from __future__ import annotations
@@ -159,7 +159,9 @@ def _methods(names):
     from attnlib.reference import attention
 
     def sdpa_flash(q, k, v, causal):
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        # The flash backend needs sm80+; on older GPUs (Colab's T4 is sm75) PyTorch then
+        # takes its memory-efficient backend, the fastest exact kernel it has there.
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
             return scaled_dot_product_attention(q, k, v, is_causal=causal)
 
     table = {
