@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnlib import registry
 from attnlib.reference import MultiHeadSelfAttention, attention
+from attnlib.sparse import bigbird as bigbird_module
 from attnlib.sparse.bigbird import (
     GLOBAL,
     NONE,
@@ -53,6 +54,7 @@ CASES = [
     (48, 8, 0, 1, 1),  # no random blocks
     (200, 16, 2, 4, 2),  # grouped heads
     (80, 16, 0, 2, 2),  # the smallest size with r = 0 plus two: 5 blocks
+    (192, 16, 2, 4, 2),  # grouped heads, N a multiple of the block (interior rows without a mask)
 ]
 
 
@@ -108,6 +110,70 @@ def test_fused_and_textbook_paths_agree():
         torch.testing.assert_close(fast, slow, atol=1e-12, rtol=1e-12)
 
 
+def test_fused_and_textbook_paths_agree_without_padding():
+    q, k, v = make_qkv(2, 4, 2, 320, 32, dtype=torch.float64)
+    for causal in (False, True):
+        kwargs = dict(block_size=16, num_random_blocks=3, causal=causal, seed=1)
+        fast = bigbird_attention(q, k, v, fused=True, **kwargs)
+        slow = bigbird_attention(q, k, v, fused=False, **kwargs)
+        torch.testing.assert_close(fast, slow, atol=1e-12, rtol=1e-12)
+
+
+def test_non_contiguous_inputs():
+    """q, k, v as the module makes them, (B, N, H, d) transposed: the same result."""
+    q, k, v = make_qkv(2, 4, 2, 160, 8)
+    strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+    assert not strided[0].is_contiguous()
+    for causal in (False, True):
+        kwargs = dict(block_size=16, num_random_blocks=2, causal=causal, seed=2)
+        torch.testing.assert_close(bigbird_attention(*strided, **kwargs), bigbird_attention(q, k, v, **kwargs))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_interior_rows_need_no_mask_without_causal_or_padding(monkeypatch, fused):
+    """Without causal or padding, only the two edge rows (1 and nb-2) get a mask: the interior rows,
+    almost all the work, go through the dense attention without one."""
+    calls = []  # (query blocks in the call, mask or None)
+
+    def recording_dense_attention(q, k, v, allowed, scale, fused):
+        calls.append((q.shape[-3], allowed))
+        return dense_attention(q, k, v, allowed, scale, fused)
+
+    dense_attention = bigbird_module._dense_attention
+    monkeypatch.setattr(bigbird_module, "_dense_attention", recording_dense_attention)
+    N, blk = 256, 16  # 16 blocks: rows 1 .. 14 are middle rows, 2 .. 13 interior
+    q, k, v = make_qkv(2, 4, 2, N, 8)
+    kwargs = dict(block_size=blk, num_random_blocks=3, seed=4)
+    out = bigbird_attention(q, k, v, fused=fused, **kwargs)
+    torch.testing.assert_close(out, oracle(q, k, v, **kwargs), atol=1e-5, rtol=1e-5)
+    assert (N // blk - 4, None) in calls  # the interior rows, without a mask
+    assert all(allowed is None or rows <= 2 for rows, allowed in calls)
+    for changes in (dict(causal=True), dict(N=250)):  # these need a mask on every middle row
+        calls.clear()
+        n_tokens = changes.pop("N", N)
+        bigbird_attention(q[:, :, :n_tokens], k[:, :, :n_tokens], v[:, :, :n_tokens], fused=fused, **kwargs, **changes)
+        assert any(allowed is not None and rows > 2 for rows, allowed in calls)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("rows", ["interior", "edge"])
+def test_table_repeating_in_some_rows(rows, causal):
+    """A given table that repeats a block in some interior rows (all rows masked), or twice in an
+    edge row (the edge rows have a mask of their own)."""
+    N, blk, nb, r = 160, 16, 10, 3
+    table = bigbird_random_blocks(nb, r, num_heads=2, seed=6)  # (H, nm, r)
+    if rows == "interior":
+        table[0, 4, 0] = 5  # row 5 draws its own block (a window block)
+        table[1, 6, 2] = nb - 1  # row 7 draws the last block (a global block)
+    else:
+        table[1, -1, 0] = nb - 3  # row nb-2 draws its left window block
+    q, k, v = make_qkv(2, 2, 2, N, 8)
+    for fused in (True, False):
+        kwargs = dict(block_size=blk, num_random_blocks=r, causal=causal, random_blocks=table)
+        out = bigbird_attention(q, k, v, fused=fused, **kwargs)
+        torch.testing.assert_close(out, oracle(q, k, v, **kwargs), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_runs_in_float32(dtype):
     q, k, v = make_qkv(1, 2, 2, 100, 16)
@@ -135,6 +201,18 @@ def test_custom_scale():
 def test_gradients_match_reference(causal, fused):
     kwargs = dict(block_size=8, num_random_blocks=2, causal=causal, seed=5)
     q, k, v = make_qkv(2, 4, 2, 83, 8, dtype=torch.float64, requires_grad=True)
+    out = bigbird_attention(q, k, v, fused=fused, **kwargs)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    expected = torch.autograd.grad(oracle(q, k, v, **kwargs), (q, k, v), grad_out)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradients_match_reference_without_padding(fused):
+    kwargs = dict(block_size=8, num_random_blocks=2, seed=5)
+    q, k, v = make_qkv(2, 4, 2, 88, 8, dtype=torch.float64, requires_grad=True)
     out = bigbird_attention(q, k, v, fused=fused, **kwargs)
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)

@@ -33,19 +33,26 @@ The algorithm (App. D, "gather, don't mask")
 * Every **middle query block** ``i`` (``1 <= i <= nb - 2``) attends to exactly
   ``S = 3 + r + 2`` key blocks listed in a small integer table
   ``key_blocks[i] = [i-1, i, i+1, random..., 0, nb-1]``. We **gather** those
-  key and value blocks into a ``(B, H * (nb-2), S * block_size, d)`` tensor
-  with one ``index_select`` and run **one batched attention** for all middle
-  blocks: ``(block_size, d) @ (d, S * block_size)`` scores per block. Time and
-  memory are ``O(N * S * block_size * d)``: linear in ``N``. No ``N x N``
-  tensor is ever built (a test checks this).
+  key and value blocks into a ``(B * H, nb-2, S * block_size, d)`` tensor
+  with one ``index_select`` and run **batched attention** over all middle
+  blocks at once: ``(block_size, d) @ (d, S * block_size)`` scores per
+  block. Time and memory are ``O(N * S * block_size * d)``: linear in ``N``.
+  No ``N x N`` tensor is ever built (a test checks this).
 * The dense attention on those small pieces is PyTorch's fused
   ``scaled_dot_product_attention`` by default (``fused=True``); ``fused=False``
   writes the softmax out (the textbook path). Both give the same result.
 * A key block may appear twice in a row's list (for ``i = 1`` the left window
-  block *is* global block 0; a user-given random table may repeat a block).
-  Only its first occurrence is kept, so the result is softmax attention over
-  the **set** of allowed keys, exactly ``reference.attention(q, k, v,
-  mask=bigbird_pattern(...))``.
+  block *is* global block 0, for ``i = nb-2`` the right one *is* global block
+  ``nb-1``; a user-given random table may repeat a block). It is counted
+  once, so the result is softmax attention over the **set** of allowed keys,
+  exactly ``reference.attention(q, k, v, mask=bigbird_pattern(...))``.
+* A mask costs time (it must be built, and the fused kernel runs faster
+  without one), so we use it only where needed. Without ``causal`` or
+  padding, the two rows above are the only ones with keys to drop (for a
+  drawn table): they get a small mask, and the interior rows ``2 .. nb-3``,
+  almost all the work, run in one batched attention without a mask.
+  Causal attention, padding, or a user table that repeats blocks in the
+  interior rows use one batched attention with a mask for all rows.
 
 Random blocks
 -------------
@@ -156,6 +163,23 @@ def _num_blocks(N: int, block_size: int, num_random_blocks: int) -> int:
     return num_blocks
 
 
+@functools.lru_cache(maxsize=16)
+def _non_candidates(num_blocks: int, causal: bool) -> torch.Tensor:
+    """``(nm, nb)`` boolean: True where middle row ``i`` may *not* draw key block ``j``.
+
+    It depends only on ``nb`` and ``causal``, so it is built once per size
+    (cached: do not modify the returned tensor).
+    """
+    rows = torch.arange(1, num_blocks - 1)[:, None]  # (nm, 1) query block ids
+    cols = torch.arange(num_blocks)[None, :]  # (1, nb) key block ids
+    middle = (cols >= 1) & (cols <= num_blocks - 2)  # (1, nb) not global
+    if causal:
+        candidate = middle & (cols <= rows - 2)  # (nm, nb) past, left of the window
+    else:
+        candidate = middle & ((cols - rows).abs() > 1)  # (nm, nb) outside the window
+    return ~candidate  # (nm, nb)
+
+
 def bigbird_random_blocks(
     num_blocks: int,
     num_random_blocks: int = 3,
@@ -208,15 +232,8 @@ def bigbird_random_blocks(
         )
 
     r = num_random_blocks
-    rows = torch.arange(1, num_blocks - 1)[:, None]  # (nm, 1) query block ids
-    cols = torch.arange(num_blocks)[None, :]  # (1, nb) key block ids
-    middle = (cols >= 1) & (cols <= num_blocks - 2)  # (1, nb) not global
-    if causal:
-        candidate = middle & (cols <= rows - 2)  # (nm, nb) past, left of the window
-    else:
-        candidate = middle & ((cols - rows).abs() > 1)  # (nm, nb) outside the window
     noise = torch.rand(num_heads, num_blocks - 2, num_blocks, generator=generator)  # (H, nm, nb)
-    noise = noise.masked_fill(~candidate, 2.0)  # (H, nm, nb) non-candidates sort last
+    noise = noise.masked_fill(_non_candidates(num_blocks, causal), 2.0)  # (H, nm, nb) non-candidates sort last
     picked_noise, picked = noise.topk(r, dim=-1, largest=False)  # (H, nm, r) each
     picked = picked.masked_fill(picked_noise > 1.0, 0)  # (H, nm, r) missing causal draws -> block 0
     return picked.sort(dim=-1).values  # (H, nm, r)
@@ -386,24 +403,56 @@ def _dense_attention(
     return (probs @ v) / row_sum  # (..., M, d_v)
 
 
-def _middle_allowed_keys(key_blocks: torch.Tensor, N: int, block_size: int, causal: bool) -> torch.Tensor | None:
+def _repeated_blocks(key_blocks: torch.Tensor) -> torch.Tensor:
+    """``(H, nm, S)`` boolean: True where a slot repeats a block listed earlier in its row.
+
+    Row 1 repeats global block 0 (its left window block), row ``nb-2`` repeats
+    global block ``nb-1`` (its right window block); a user-given random table
+    may repeat more. Computed on the small block table, never on tokens.
+    """
+    repeated = [torch.zeros_like(key_blocks[..., 0], dtype=torch.bool)]  # slot 0 repeats nothing
+    for t in range(1, key_blocks.shape[-1]):  # one small comparison per slot, not an (H, nm, S, S) tensor
+        repeated.append((key_blocks[..., :t] == key_blocks[..., t : t + 1]).any(dim=-1))  # (H, nm) slot t
+    return torch.stack(repeated, dim=-1)  # (H, nm, S) slot t repeats an earlier slot of its row
+
+
+def _block_rows(key_blocks: torch.Tensor, B: int, H_kv: int, num_blocks: int) -> torch.Tensor:
+    """Where the listed key blocks lie in the ``(B * H_kv * nb, blk * d)`` table of key blocks.
+
+    Args:
+        key_blocks: ``(H, n, s)`` key-block ids, ``s`` per query block.
+
+    Returns:
+        ``(B * H * n * s,)`` int64 row ids in ``(B, H, n, s)`` order: block ``j`` for
+        batch ``b`` and query head ``h`` is row ``(b * H_kv + h // (H / H_kv)) * nb + j``
+        (grouped query heads read the same key head).
+    """
+    H = key_blocks.shape[0]
+    kv_head = torch.arange(H, device=key_blocks.device) // (H // H_kv)  # (H,)
+    batch = torch.arange(B, device=key_blocks.device)  # (B,)
+    rows = (batch[:, None, None, None] * H_kv + kv_head[None, :, None, None]) * num_blocks + key_blocks  # (B, H, n, s)
+    return rows.reshape(-1)  # (B*H*n*s,)
+
+
+def _middle_allowed_keys(
+    key_blocks: torch.Tensor, repeated: torch.Tensor, N: int, block_size: int, causal: bool
+) -> torch.Tensor:
     """Which gathered keys each middle query may attend to, at token level.
 
     A gathered key is dropped if its block already occurred earlier in the
-    row's list (so each key counts once), if it is padding (position >= N),
-    or, with ``causal``, if it lies after the query.
+    row's list (``repeated``, so each key counts once), if it is padding
+    (position >= N), or, with ``causal``, if it lies after the query.
 
     Args:
         key_blocks: ``(H, nm, S)`` key-block lists.
+        repeated: ``(H, nm, S)`` from :func:`_repeated_blocks`.
 
     Returns:
         ``(H, nm, 1, S * blk)`` or, with ``causal``, ``(H, nm, blk, S * blk)``
-        boolean (True = may attend); None when every key is allowed.
+        boolean (True = may attend).
     """
     H, num_middle, S = key_blocks.shape
     device = key_blocks.device
-    same = key_blocks[..., :, None] == key_blocks[..., None, :]  # (H, nm, S, S)
-    repeated = same.tril(diagonal=-1).any(dim=-1)  # (H, nm, S) equals an earlier slot of the row
     key_pos = key_blocks[..., None] * block_size + torch.arange(block_size, device=device)  # (H, nm, S, blk)
     allowed = ~repeated[..., None] & (key_pos < N)  # (H, nm, S, blk)
     allowed = allowed.reshape(H, num_middle, 1, S * block_size)  # (H, nm, 1, S*blk)
@@ -412,8 +461,6 @@ def _middle_allowed_keys(key_blocks: torch.Tensor, N: int, block_size: int, caus
         query_pos = query_pos.view(1, num_middle, block_size, 1)  # (1, nm, blk, 1)
         key_pos = key_pos.reshape(H, num_middle, 1, S * block_size)  # (H, nm, 1, S*blk)
         allowed = allowed & (key_pos <= query_pos)  # (H, nm, blk, S*blk)
-    elif bool(allowed.all()):
-        return None
     return allowed
 
 
@@ -483,28 +530,48 @@ def bigbird_attention(
     # 1. Middle query blocks 1 .. nb-2 (App. D): gather S = 3 + r + 2 key blocks each.
     key_blocks = bigbird_key_blocks(random_blocks, num_blocks).expand(H, -1, -1)  # (H, nm, S)
     S = key_blocks.shape[-1]
+    repeated = _repeated_blocks(key_blocks)  # (H, nm, S) slots whose block the row already lists
     pad = num_blocks * blk - N  # zero keys appended to fill the last block; masked out below
     k_padded = F.pad(k, (0, 0, 0, pad)) if pad else k  # (B, H_kv, nb*blk, d)
     v_padded = F.pad(v, (0, 0, 0, pad)) if pad else v  # (B, H_kv, nb*blk, d_v)
     k_block_rows = k_padded.reshape(B * H_kv * num_blocks, blk * d)  # one row per key block
     v_block_rows = v_padded.reshape(B * H_kv * num_blocks, blk * d_v)  # one row per value block
-    # The row of key block j for batch b and query head h (which reads key head h // (H / H_kv)).
-    kv_head = torch.arange(H, device=q.device) // (H // H_kv)  # (H,)
-    batch = torch.arange(B, device=q.device)  # (B,)
-    rows = (batch[:, None, None, None] * H_kv + kv_head[None, :, None, None]) * num_blocks + key_blocks  # (B, H, nm, S)
-    rows = rows.reshape(-1)  # (B*H*nm*S,)
+
     # Gather: one index_select copies every (query block, key block) pair once, no loop.
-    k_gathered = k_block_rows.index_select(0, rows).view(B, H * num_middle, S * blk, d)  # (B, H*nm, S*blk, d)
-    v_gathered = v_block_rows.index_select(0, rows).view(B, H * num_middle, S * blk, d_v)  # (B, H*nm, S*blk, d_v)
-    q_middle = q[:, :, blk : (num_blocks - 1) * blk]  # (B, H, nm*blk, d)
-    q_middle = q_middle.reshape(B, H * num_middle, blk, d)  # (B, H*nm, blk, d)
-    allowed = _middle_allowed_keys(key_blocks, N, blk, causal)  # (H, nm, 1 or blk, S*blk) or None
-    if allowed is not None:
+    rows = _block_rows(key_blocks, B, H_kv, num_blocks)  # (B*H*nm*S,)
+    k_gathered = k_block_rows.index_select(0, rows).view(B * H, num_middle, S * blk, d)  # (B*H, nm, S*blk, d)
+    v_gathered = v_block_rows.index_select(0, rows).view(B * H, num_middle, S * blk, d_v)  # (B*H, nm, S*blk, d_v)
+    # Query block i of batch b, head h: a view of q (no copy when q is contiguous).
+    q_middle = q[:, :, blk : (num_blocks - 1) * blk].reshape(B * H, num_middle, blk, d)  # (B*H, nm, blk, d)
+    if not causal and not pad and num_middle >= 2 and not bool(repeated[:, 1:-1].any()):
+        # The usual case (always so for a drawn table): no causal, no padding, and no repeated
+        # block in the interior rows 2 .. nb-3. Only the two edge rows have keys to drop: row 1
+        # lists global block 0 also as its left window block, row nb-2 lists global block nb-1
+        # also as its right one. So the interior rows, almost all the work, run without a mask
+        # (PyTorch's fused kernel runs faster without one, and none has to be built); the edge
+        # rows get a small one.
+        edge = slice(0, num_middle, num_middle - 1)  # middle rows 0 and nm-1: query blocks 1 and nb-2
+        allowed = ~repeated[:, edge].repeat_interleave(blk, dim=-1)  # (H, 2, S*blk) count each block once
+        allowed = allowed[None, :, :, None].expand(B, -1, -1, -1, -1).flatten(0, 1)  # (B*H, 2, 1, S*blk)
+        out_edge = _dense_attention(
+            q_middle[:, edge], k_gathered[:, edge], v_gathered[:, edge], allowed, scale, fused
+        )  # (B*H, 2, blk, d_v)
+        out_interior = _dense_attention(
+            q_middle[:, 1:-1], k_gathered[:, 1:-1], v_gathered[:, 1:-1], None, scale, fused
+        )  # (B*H, nm-2, blk, d_v)
+        out_middle = [out.reshape(B, H, -1, d_v) for out in (out_edge[:, :1], out_interior, out_edge[:, 1:])]
+    else:
+        # Causal, padded, a given table that repeats blocks in the interior rows, or a single
+        # middle row (nb = 3): one batched attention with a mask for all the middle rows. Heads
+        # and rows as one axis, so that the mask broadcasts over the batch.
+        q_middle = q_middle.reshape(B, H * num_middle, blk, d)  # (B, H*nm, blk, d)
+        k_gathered = k_gathered.view(B, H * num_middle, S * blk, d)  # (B, H*nm, S*blk, d)
+        v_gathered = v_gathered.view(B, H * num_middle, S * blk, d_v)  # (B, H*nm, S*blk, d_v)
+        allowed = _middle_allowed_keys(key_blocks, repeated, N, blk, causal)  # (H, nm, 1 or blk, S*blk)
         allowed = allowed.flatten(0, 1)[None]  # (1, H*nm, 1 or blk, S*blk), broadcasts over B
-    # One batched attention: every middle query block against its own S gathered key blocks.
-    out_middle = _dense_attention(q_middle, k_gathered, v_gathered, allowed, scale, fused)  # (B, H*nm, blk, d_v)
+        out = _dense_attention(q_middle, k_gathered, v_gathered, allowed, scale, fused)  # (B, H*nm, blk, d_v)
+        out_middle = [out.reshape(B, H, num_middle * blk, d_v)]  # query blocks 1 .. nb-2
     del k_gathered, v_gathered  # (autograd keeps what it needs)
-    out_middle = out_middle.reshape(B, H, num_middle * blk, d_v)  # (B, H, nm*blk, d_v)
 
     # 2. Global query blocks (first and last): dense rows over all N keys, linear in N.
     q_global = torch.cat([q[:, :, :blk], q[:, :, (num_blocks - 1) * blk :]], dim=2)  # (B, H, G, d)
@@ -519,7 +586,7 @@ def bigbird_attention(
     out_global = _dense_attention(q_global, k_all, v_all, allowed_global, scale, fused)  # (B, H, G, d_v)
 
     # 3. Put the blocks back in order: first, middle, last (padded queries were never computed).
-    out = torch.cat([out_global[:, :, :blk], out_middle, out_global[:, :, blk:]], dim=2)  # (B, H, N, d_v)
+    out = torch.cat([out_global[:, :, :blk], *out_middle, out_global[:, :, blk:]], dim=2)  # (B, H, N, d_v)
     return out.to(out_dtype)
 
 
