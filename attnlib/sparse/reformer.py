@@ -112,7 +112,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_mask, check_positive_int, check_tensor, check_tokens
-from ..reference import attention
+from ..reference import attention, causal_mask
 
 __all__ = [
     "SELF_PENALTY",
@@ -329,14 +329,14 @@ class LSHLayout:
         bucket = self.buckets[..., : self.N].to(torch.int32)  # (B, H, R, N): padding never matters
         chunk = self.chunk_of_token[..., : self.N].to(torch.int32)  # (B, H, R, N)
         looks_back_at = (chunk - 1) % self.n_chunks  # (B, H, R, N): the previous chunk, with wrap-around
-        position = torch.arange(self.N, device=bucket.device)
+        future_masked = causal_mask(self.N, self.N, device=bucket.device) if causal else None  # (N, N)
         rounds = []
         for r in range(self.n_hashes):
             query_chunk, key_chunk = chunk[:, :, r, :, None], chunk[:, :, r, None, :]  # (B, H, N, 1), (B, H, 1, N)
             in_window = (key_chunk == query_chunk) | (key_chunk == looks_back_at[:, :, r, :, None])  # Eq. (5)
             allowed = in_window & (bucket[:, :, r, :, None] == bucket[:, :, r, None, :])  # (B, H, N, N), Eq. (3)
             if causal:
-                allowed &= position[None, :] <= position[:, None]  # (B, H, N, N)
+                allowed &= future_masked  # (B, H, N, N)
             rounds.append(allowed)
         if per_round:
             return torch.stack(rounds, dim=2)  # (B, H, R, N, N)
@@ -688,8 +688,7 @@ def _shared_qk_mask(B, H, N, device, mask, causal) -> torch.Tensor:
     if mask is not None:
         allowed = allowed & mask  # (B, H, N, N)
     if causal:
-        position = torch.arange(N, device=device)
-        allowed = allowed & (position[None, :] <= position[:, None])  # (B, H, N, N)
+        allowed = allowed & causal_mask(N, N, device=device)  # (B, H, N, N)
     return _self_masked(allowed)  # (B, H, N, N)
 
 
