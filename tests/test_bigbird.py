@@ -146,13 +146,43 @@ def test_interior_rows_need_no_mask_without_causal_or_padding(monkeypatch, fused
     kwargs = dict(block_size=blk, num_random_blocks=3, seed=4)
     out = bigbird_attention(q, k, v, fused=fused, **kwargs)
     torch.testing.assert_close(out, oracle(q, k, v, **kwargs), atol=1e-5, rtol=1e-5)
-    assert (N // blk - 4, None) in calls  # the interior rows, without a mask
-    assert all(allowed is None or rows <= 2 for rows, allowed in calls)
+    assert (4 * (N // blk - 4), None) in calls  # the interior rows (H=4 heads x 12 rows), without a mask
+    assert all(allowed is None or rows == 4 for rows, allowed in calls)  # masks: one edge row x 4 heads
     for changes in (dict(causal=True), dict(N=250)):  # these need a mask on every middle row
         calls.clear()
         n_tokens = changes.pop("N", N)
         bigbird_attention(q[:, :, :n_tokens], k[:, :, :n_tokens], v[:, :, :n_tokens], fused=fused, **kwargs, **changes)
-        assert any(allowed is not None and rows > 2 for rows, allowed in calls)
+        assert any(allowed is not None and rows > 4 for rows, allowed in calls)
+
+
+@pytest.mark.parametrize("changes", [{}, dict(causal=True), dict(N=250), dict(N=250, causal=True)])
+def test_chunks_of_middle_rows_give_the_same_result(monkeypatch, changes):
+    """The middle rows run in chunks of at most _CHUNK_BYTES of gathered keys and values; a tiny budget
+    (one row per chunk) and a huge one (all rows in one chunk) give the same outputs and gradients."""
+    kwargs = dict(block_size=16, num_random_blocks=2, seed=3, causal=changes.get("causal", False))
+    n_tokens = changes.get("N", 256)
+    q, k, v = make_qkv(2, 4, 2, n_tokens, 8, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 4, n_tokens, 8, dtype=torch.float64)
+    results = []
+    for budget in (1, 1 << 40):
+        monkeypatch.setattr(bigbird_module, "_CHUNK_BYTES", budget)
+        out = bigbird_attention(q, k, v, **kwargs)
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad_out)))
+    for tiny, huge in zip(*results):
+        torch.testing.assert_close(tiny, huge)
+    torch.testing.assert_close(results[0][0], oracle(q, k, v, **kwargs))
+
+
+def test_middle_row_chunks_cover_every_row_once():
+    for num_middle in (1, 2, 3, 7, 30):
+        for rows_per_chunk in (1, 2, 5, 100):
+            for edges_apart in (False, True):
+                chunks = bigbird_module._middle_row_chunks(num_middle, rows_per_chunk, edges_apart)
+                covered = [row for start, stop in chunks for row in range(start, stop)]
+                assert covered == list(range(num_middle))
+                assert all(0 < stop - start <= rows_per_chunk for start, stop in chunks)
+                if edges_apart and num_middle > 2:
+                    assert chunks[0] == (0, 1) and chunks[-1] == (num_middle - 1, num_middle)
 
 
 @pytest.mark.parametrize("causal", [False, True])

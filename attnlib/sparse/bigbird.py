@@ -33,11 +33,17 @@ The algorithm (App. D, "gather, don't mask")
 * Every **middle query block** ``i`` (``1 <= i <= nb - 2``) attends to exactly
   ``S = 3 + r + 2`` key blocks listed in a small integer table
   ``key_blocks[i] = [i-1, i, i+1, random..., 0, nb-1]``. We **gather** those
-  key and value blocks into a ``(B * H, nb-2, S * block_size, d)`` tensor
-  with one ``index_select`` and run **batched attention** over all middle
-  blocks at once: ``(block_size, d) @ (d, S * block_size)`` scores per
-  block. Time and memory are ``O(N * S * block_size * d)``: linear in ``N``.
-  No ``N x N`` tensor is ever built (a test checks this).
+  key and value blocks with one ``index_select`` and run **batched
+  attention** over many middle blocks at once: ``(block_size, d) @ (d, S *
+  block_size)`` scores per block. Time and memory are ``O(N * S *
+  block_size * d)``: linear in ``N``. No ``N x N`` tensor is ever built (a
+  test checks this).
+* The middle blocks run in **chunks** of a few MB of gathered keys and values
+  (``_CHUNK_BYTES``), not all at once. The result is the same; the point is
+  the machine: one gathered tensor for every block is hundreds of MB at 16K
+  tokens, fresh memory that the system fills page by page at every call, so
+  the time grew faster than ``N``. A small chunk is reused from call to call
+  and the peak memory drops too.
 * The dense attention on those small pieces is PyTorch's fused
   ``scaled_dot_product_attention`` by default (``fused=True``); ``fused=False``
   writes the softmax out (the textbook path). Both give the same result.
@@ -50,9 +56,9 @@ The algorithm (App. D, "gather, don't mask")
   without one), so we use it only where needed. Without ``causal`` or
   padding, the two rows above are the only ones with keys to drop (for a
   drawn table): they get a small mask, and the interior rows ``2 .. nb-3``,
-  almost all the work, run in one batched attention without a mask.
+  almost all the work, run without a mask.
   Causal attention, padding, or a user table that repeats blocks in the
-  interior rows use one batched attention with a mask for all rows.
+  interior rows give a mask to every chunk that needs one.
 
 Random blocks
 -------------
@@ -130,6 +136,11 @@ __all__ = [
 NONE, GLOBAL, WINDOW, RANDOM = 0, 1, 2, 3
 WINDOW_BLOCKS = 3  # the block itself and its left and right neighbours
 GLOBAL_BLOCKS = 2  # the first and the last block
+# Gathered keys and values held at once (bytes): the middle rows run in chunks of this size.
+# A chunk this small is reused by the allocator from call to call; one tensor for all rows
+# (hundreds of MB at 16K tokens) is fresh memory every call, and filling it page by page
+# made the time grow faster than N (measured in benchmarks/results/cpu_attention.csv).
+_CHUNK_BYTES = 4 << 20
 
 
 # ----------------------------------------------------------------------------
@@ -435,7 +446,7 @@ def _block_rows(key_blocks: torch.Tensor, B: int, H_kv: int, num_blocks: int) ->
 
 
 def _middle_allowed_keys(
-    key_blocks: torch.Tensor, repeated: torch.Tensor, N: int, block_size: int, causal: bool
+    key_blocks: torch.Tensor, repeated: torch.Tensor, N: int, block_size: int, causal: bool, first_row: int = 0
 ) -> torch.Tensor:
     """Which gathered keys each middle query may attend to, at token level.
 
@@ -444,24 +455,41 @@ def _middle_allowed_keys(
     (position >= N), or, with ``causal``, if it lies after the query.
 
     Args:
-        key_blocks: ``(H, nm, S)`` key-block lists.
-        repeated: ``(H, nm, S)`` from :func:`_repeated_blocks`.
+        key_blocks: ``(H, n, S)`` key-block lists of ``n`` consecutive middle rows.
+        repeated: ``(H, n, S)`` from :func:`_repeated_blocks`.
+        first_row: the middle row of ``key_blocks[:, 0]`` (query block ``first_row + 1``).
 
     Returns:
-        ``(H, nm, 1, S * blk)`` or, with ``causal``, ``(H, nm, blk, S * blk)``
+        ``(H, n, 1, S * blk)`` or, with ``causal``, ``(H, n, blk, S * blk)``
         boolean (True = may attend).
     """
-    H, num_middle, S = key_blocks.shape
+    H, num_rows, S = key_blocks.shape
     device = key_blocks.device
-    key_pos = key_blocks[..., None] * block_size + torch.arange(block_size, device=device)  # (H, nm, S, blk)
-    allowed = ~repeated[..., None] & (key_pos < N)  # (H, nm, S, blk)
-    allowed = allowed.reshape(H, num_middle, 1, S * block_size)  # (H, nm, 1, S*blk)
+    key_pos = key_blocks[..., None] * block_size + torch.arange(block_size, device=device)  # (H, n, S, blk)
+    allowed = ~repeated[..., None] & (key_pos < N)  # (H, n, S, blk)
+    allowed = allowed.reshape(H, num_rows, 1, S * block_size)  # (H, n, 1, S*blk)
     if causal:
-        query_pos = torch.arange(block_size, (num_middle + 1) * block_size, device=device)  # (nm*blk,) middle rows
-        query_pos = query_pos.view(1, num_middle, block_size, 1)  # (1, nm, blk, 1)
-        key_pos = key_pos.reshape(H, num_middle, 1, S * block_size)  # (H, nm, 1, S*blk)
-        allowed = allowed & (key_pos <= query_pos)  # (H, nm, blk, S*blk)
+        first_query = (first_row + 1) * block_size  # middle row 0 is query block 1
+        query_pos = torch.arange(first_query, first_query + num_rows * block_size, device=device)  # (n*blk,)
+        query_pos = query_pos.view(1, num_rows, block_size, 1)  # (1, n, blk, 1)
+        key_pos = key_pos.reshape(H, num_rows, 1, S * block_size)  # (H, n, 1, S*blk)
+        allowed = allowed & (key_pos <= query_pos)  # (H, n, blk, S*blk)
     return allowed
+
+
+def _middle_row_chunks(num_middle: int, rows_per_chunk: int, edges_apart: bool) -> list[tuple[int, int]]:
+    """Split the middle rows ``0 .. nm-1`` into ``[start, stop)`` chunks of at most ``rows_per_chunk``.
+
+    With ``edges_apart`` the two edge rows (query blocks 1 and nb-2, which list
+    a global block twice and so need a mask) are chunks of their own, and the
+    interior rows between them, almost all the work, need none.
+    """
+    if not edges_apart or num_middle <= 2:
+        first, last, bounds = 0, num_middle, []
+    else:
+        first, last, bounds = 1, num_middle - 1, [(0, 1), (num_middle - 1, num_middle)]
+    bounds += [(start, min(start + rows_per_chunk, last)) for start in range(first, last, rows_per_chunk)]
+    return sorted(bounds)
 
 
 def bigbird_attention(
@@ -536,41 +564,34 @@ def bigbird_attention(
     v_padded = F.pad(v, (0, 0, 0, pad)) if pad else v  # (B, H_kv, nb*blk, d_v)
     k_block_rows = k_padded.reshape(B * H_kv * num_blocks, blk * d)  # one row per key block
     v_block_rows = v_padded.reshape(B * H_kv * num_blocks, blk * d_v)  # one row per value block
-
-    # Gather: one index_select copies every (query block, key block) pair once, no loop.
-    rows = _block_rows(key_blocks, B, H_kv, num_blocks)  # (B*H*nm*S,)
-    k_gathered = k_block_rows.index_select(0, rows).view(B * H, num_middle, S * blk, d)  # (B*H, nm, S*blk, d)
-    v_gathered = v_block_rows.index_select(0, rows).view(B * H, num_middle, S * blk, d_v)  # (B*H, nm, S*blk, d_v)
     # Query block i of batch b, head h: a view of q (no copy when q is contiguous).
-    q_middle = q[:, :, blk : (num_blocks - 1) * blk].reshape(B * H, num_middle, blk, d)  # (B*H, nm, blk, d)
-    if not causal and not pad and num_middle >= 2 and not bool(repeated[:, 1:-1].any()):
-        # The usual case (always so for a drawn table): no causal, no padding, and no repeated
-        # block in the interior rows 2 .. nb-3. Only the two edge rows have keys to drop: row 1
-        # lists global block 0 also as its left window block, row nb-2 lists global block nb-1
-        # also as its right one. So the interior rows, almost all the work, run without a mask
-        # (PyTorch's fused kernel runs faster without one, and none has to be built); the edge
-        # rows get a small one.
-        edge = slice(0, num_middle, num_middle - 1)  # middle rows 0 and nm-1: query blocks 1 and nb-2
-        allowed = ~repeated[:, edge].repeat_interleave(blk, dim=-1)  # (H, 2, S*blk) count each block once
-        allowed = allowed[None, :, :, None].expand(B, -1, -1, -1, -1).flatten(0, 1)  # (B*H, 2, 1, S*blk)
-        out_edge = _dense_attention(
-            q_middle[:, edge], k_gathered[:, edge], v_gathered[:, edge], allowed, scale, fused
-        )  # (B*H, 2, blk, d_v)
-        out_interior = _dense_attention(
-            q_middle[:, 1:-1], k_gathered[:, 1:-1], v_gathered[:, 1:-1], None, scale, fused
-        )  # (B*H, nm-2, blk, d_v)
-        out_middle = [out.reshape(B, H, -1, d_v) for out in (out_edge[:, :1], out_interior, out_edge[:, 1:])]
-    else:
-        # Causal, padded, a given table that repeats blocks in the interior rows, or a single
-        # middle row (nb = 3): one batched attention with a mask for all the middle rows. Heads
-        # and rows as one axis, so that the mask broadcasts over the batch.
-        q_middle = q_middle.reshape(B, H * num_middle, blk, d)  # (B, H*nm, blk, d)
-        k_gathered = k_gathered.view(B, H * num_middle, S * blk, d)  # (B, H*nm, S*blk, d)
-        v_gathered = v_gathered.view(B, H * num_middle, S * blk, d_v)  # (B, H*nm, S*blk, d_v)
-        allowed = _middle_allowed_keys(key_blocks, repeated, N, blk, causal)  # (H, nm, 1 or blk, S*blk)
-        allowed = allowed.flatten(0, 1)[None]  # (1, H*nm, 1 or blk, S*blk), broadcasts over B
-        out = _dense_attention(q_middle, k_gathered, v_gathered, allowed, scale, fused)  # (B, H*nm, blk, d_v)
-        out_middle = [out.reshape(B, H, num_middle * blk, d_v)]  # query blocks 1 .. nb-2
+    q_middle = q[:, :, blk : (num_blocks - 1) * blk].unflatten(2, (num_middle, blk))  # (B, H, nm, blk, d)
+
+    bytes_per_row = B * H * S * blk * (d + d_v) * q.element_size()  # gathered keys and values of one middle row
+    rows_per_chunk = max(1, _CHUNK_BYTES // bytes_per_row)
+    # The output is allocated once and every piece is written into it: pieces kept in a list
+    # until a final concatenation would sit between the chunks' temporary buffers and keep the
+    # allocator from reusing them (the heap then grows chunk after chunk).
+    out = torch.empty(B, H, N, d_v, dtype=compute_dtype, device=q.device)  # (B, H, N, d_v)
+    for start, stop in _middle_row_chunks(num_middle, rows_per_chunk, edges_apart=not (causal or pad)):
+        # Heads and rows as one axis (B, H*n, ...): PyTorch's fused kernel takes 4-d inputs
+        # (5-d ones fall back to a slower path), and a mask over (H*n) broadcasts over the batch.
+        n = stop - start
+        q_chunk = q_middle[:, :, start:stop].flatten(1, 2)  # (B, H*n, blk, d)
+        # Gather: one index_select copies every (query block, key block) pair of the chunk once.
+        rows = _block_rows(key_blocks[:, start:stop], B, H_kv, num_blocks)  # (B*H*n*S,)
+        k_gathered = k_block_rows.index_select(0, rows).view(B, H * n, S * blk, d)  # (B, H*n, S*blk, d)
+        v_gathered = v_block_rows.index_select(0, rows).view(B, H * n, S * blk, d_v)  # (B, H*n, S*blk, d_v)
+        allowed = None  # the usual case: every gathered key counts, no mask to build (the fused kernel is faster)
+        if causal or pad or bool(repeated[:, start:stop].any()):
+            allowed = _middle_allowed_keys(
+                key_blocks[:, start:stop], repeated[:, start:stop], N, blk, causal, first_row=start
+            )  # (H, n, 1 or blk, S*blk)
+            allowed = allowed.flatten(0, 1)[None]  # (1, H*n, 1 or blk, S*blk), broadcasts over B
+        out_chunk = _dense_attention(q_chunk, k_gathered, v_gathered, allowed, scale, fused)  # (B, H*n, blk, d_v)
+        out[:, :, (start + 1) * blk : (stop + 1) * blk] = out_chunk.view(
+            B, H, n * blk, d_v
+        )  # query blocks start+1 .. stop
     del k_gathered, v_gathered  # (autograd keeps what it needs)
 
     # 2. Global query blocks (first and last): dense rows over all N keys, linear in N.
@@ -585,8 +606,9 @@ def bigbird_attention(
         allowed_global = torch.arange(N, device=q.device)[None, :] <= query_pos[:, None]  # (G, N)
     out_global = _dense_attention(q_global, k_all, v_all, allowed_global, scale, fused)  # (B, H, G, d_v)
 
-    # 3. Put the blocks back in order: first, middle, last (padded queries were never computed).
-    out = torch.cat([out_global[:, :, :blk], *out_middle, out_global[:, :, blk:]], dim=2)  # (B, H, N, d_v)
+    # 3. The global rows in their places (the padded queries were never computed).
+    out[:, :, :blk] = out_global[:, :, :blk]  # the first block
+    out[:, :, (num_blocks - 1) * blk :] = out_global[:, :, blk:]  # the last block (its real tokens only)
     return out.to(out_dtype)
 
 
