@@ -6,7 +6,7 @@ Two dense oracles, both built on ``reference.attention``:
   its row has nothing else) masked with ``lsh_pattern``;
 * the **per-round oracle**: Eq. (6)-(10) one round at a time -- each round attends the pairs it
   reaches that no earlier round reached (the token itself in every round, scored
-  ``-1e5 - log R``), then the rounds are combined with their logsumexp, Eq. (7).
+  ``-1e5 - log R``), then the rounds are combined with their logsumexp, Eq. (14).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def per_round_oracle(qk, v, per_round_pattern, *, scale=None):
         lse_r = torch.where(has_others, lse_r, lse_r - SELF_PENALTY - math.log(R))
         outs.append(out_r)
         lses.append(lse_r)
-    weights = torch.softmax(torch.stack(lses, dim=2), dim=2)  # (B, H, R, N), Eq. (7)
+    weights = torch.softmax(torch.stack(lses, dim=2), dim=2)  # (B, H, R, N), Eq. (14)
     return (weights[..., None] * torch.stack(outs, dim=2)).sum(dim=2)  # (B, H, N, d_v)
 
 
@@ -96,7 +96,7 @@ def loop_pattern(layout, causal):
 
 
 def test_default_n_buckets_follows_the_paper():
-    # Sec. 3: m = 2l / n_buckets
+    # Sec. 2: m = 2l / n_buckets
     assert default_n_buckets(4096, 64) == 128
     assert default_n_buckets(100, 32) == 8  # 2 * ceil(100 / 32)
     assert default_n_buckets(10, 64) == 2

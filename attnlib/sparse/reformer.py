@@ -1,7 +1,7 @@
 """Reformer LSH attention: hash, sort, chunk, attend within buckets.
 
 Kitaev, Kaiser, Levskaya, "Reformer: The Efficient Transformer", ICLR 2020,
-arXiv:2001.04451, Sec. 3. Chapter: "Reformer" (chapters/*/03_reformer.ipynb).
+arXiv:2001.04451, Sec. 2 and App. A. Chapter: "Reformer" (chapters/*/03_reformer.ipynb).
 
 The idea
 --------
@@ -13,10 +13,10 @@ turns "attend within your bucket" into small dense blocks.
 
 The algorithm, step by step (``R = n_hashes`` rounds, chunk size ``m``)
 ----------------------------------------------------------------------
-1. **Shared-QK** (Sec. 3, "Shared-QK Transformer"). Queries and keys come from
+1. **Shared-QK** (Sec. 2, "Shared-QK Transformer"). Queries and keys come from
    one projection ``qk``; the key of token ``j`` is the query normalized,
    ``k_j = q_j / ||q_j||``, so the score is ``s_ij = scale * q_i . k_j``.
-2. **Angular LSH** (Sec. 3, after Andoni et al. 2015). For ``b = n_buckets``
+2. **Angular LSH** (Sec. 2, after Andoni et al. 2015). For ``b = n_buckets``
    draw a random Gaussian matrix ``R_r`` of shape ``(d, b/2)`` per round and
    head, and hash ``h_r(x) = argmax([x R_r ; -x R_r])``. Close directions
    get the same argmax with high probability. ``n_buckets = 1`` means "no
@@ -27,15 +27,16 @@ The algorithm, step by step (``R = n_hashes`` rounds, chunk size ``m``)
    attends to itself and to the previous chunk, Eq. (5), and inside that
    window only to keys **of its own bucket**, Eq. (3)-(4) (``m(j, P_i) = inf``
    for ``j`` not in ``P_i``).
-5. **Self-mask** (Sec. 3): with shared QK a token's key is its own query
-   direction, so it would mostly attend to itself. Its own score gets
-   ``-1e5`` (the paper's ``10^5``, Eq. (9)) instead of ``-inf``: a token attends
+5. **Self-mask** (Sec. 2, "Causal masking for shared-QK attention"): with
+   shared QK a token's key is its own query direction, so it would mostly
+   attend to itself. Its own score gets
+   ``-1e5`` (the paper's ``10^5``, Eq. (16)) instead of ``-inf``: a token attends
    to itself only when nothing else is available.
 6. **Causal** (optional): key position ``<=`` query position, on the original
    positions (the mask travels with the sort).
-7. **Multi-round** (Eq. (6)-(10)): each round ``r`` gives a normalized output
-   ``o_i^(r)`` and its logsumexp ``z_i^(r)``; the rounds are combined as
-   ``o_i = sum_r exp(z_i^(r) - logsumexp_r z_i^(r)) o_i^(r)``, Eq. (7).
+7. **Multi-round** (Eq. (6); App. A, Eq. (11)-(16)): each round ``r`` gives a
+   normalized output ``o_i^(r)`` and its logsumexp ``z_i^(r)``; the rounds are combined as
+   ``o_i = sum_r exp(z_i^(r) - logsumexp_r z_i^(r)) o_i^(r)``, Eq. (14).
 
 Design decisions (each one is tested)
 -------------------------------------
@@ -49,23 +50,23 @@ Design decisions (each one is tested)
   ring of blocks). With a single chunk there is no "previous" chunk: the
   window is the chunk itself (never the same keys twice).
 * **Duplicates are counted once.** A key can be reached in several rounds.
-  The paper, Eq. (9)-(10), subtracts ``log N_ij`` from the score of pair
+  The paper, App. A Eq. (15)-(16), subtracts ``log N_ij`` from the score of pair
   ``(i, j)`` in each of the ``N_ij`` rounds that reach it, which splits the
   pair's weight evenly among them. We give the pair whole to the *first*
-  round that reaches it and mask it out in the later ones. Either way Eq. (7)
+  round that reaches it and mask it out in the later ones. Either way Eq. (14)
   counts every key exactly once and the output is the same; ours needs only
   boolean masks, no logarithms. "Reaches" means same bucket *and* inside the
   two-chunk window, as in trax's ``allow_duplicate_attention=False`` (the
   paper's ``N_ij`` counts same-bucket rounds; the two differ only when a
   bucket spills over a window). The token itself is the one pair kept in
   *every* round, so that no round has an empty row: there it scores
-  ``-1e5 - log R`` (Eq. (9) with ``N_ii = R``), which again counts it once.
+  ``-1e5 - log R`` (Eq. (16) with ``N_ii = R``), which again counts it once.
   Consequence, and the test oracle: the output is *exactly* shared-QK
   softmax attention over the union of the keys the rounds reach,
   ``shared_qk_attention(qk, v, mask=lsh_pattern(qk, ...))``; the rounds
-  compute disjoint parts of that union, and Eq. (7) is the softmax identity
+  compute disjoint parts of that union, and Eq. (14) is the softmax identity
   for a disjoint union (the one FlashAttention's online softmax also uses).
-* **Default number of buckets** (Sec. 3: "In practice we set
+* **Default number of buckets** (Sec. 2: "In practice we set
   ``m = 2l / n_buckets``"): ``n_buckets = 2 * ceil(N / m)``, so the average
   bucket holds half a chunk and a window of two chunks rarely cuts a bucket.
 * **Padding.** ``N`` is padded with zero tokens up to a multiple of ``m``. The
@@ -129,7 +130,7 @@ __all__ = [
     "ReformerSelfAttention",
 ]
 
-SELF_PENALTY = 1e5  # Eq. (9): m_ij = 10^5 when i = j (shared-QK self-mask)
+SELF_PENALTY = 1e5  # Eq. (16): m_ij = 10^5 when i = j (shared-QK self-mask)
 HEAD_BLOCK_SCORES = 2**21  # scores per round held at once (8 MiB in float32); see lsh_attention
 
 
@@ -187,7 +188,7 @@ def _check_generator_and_seed(generator, seed) -> None:
 
 
 # ----------------------------------------------------------------------------
-# Hashing and sorting (Sec. 3)
+# Hashing and sorting (Sec. 2)
 # ----------------------------------------------------------------------------
 
 
@@ -356,7 +357,7 @@ def lsh_layout(
     generator: torch.Generator | None = None,
     seed: int | None = None,
 ) -> LSHLayout:
-    """Hash every token (Sec. 3), pad to a multiple of ``chunk_size``, and sort each round by (bucket, position).
+    """Hash every token (Sec. 2), pad to a multiple of ``chunk_size``, and sort each round by (bucket, position).
 
     Args:
         qk: ``(B, H, N, d)`` shared queries/keys.
@@ -456,7 +457,7 @@ def _window_codes(layout: LSHLayout) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _attend_one_round(qk, keys, v, layout: LSHLayout, r: int, causal: bool, codes, buckets):
-    """Round ``r`` of Eq. (8): sorted, chunked, same-bucket attention over the keys no earlier round reached.
+    """Round ``r`` of Eq. (15): sorted, chunked, same-bucket attention over the keys no earlier round reached.
 
     ``qk: (B, H, N_pad, d)`` are the queries; ``keys: (B, H, N_pad, d)`` the keys ``qk / ||qk||``
     already multiplied by ``scale``; ``v: (B, H, N_pad, d_v)``; ``codes`` from :func:`_window_codes`;
@@ -466,7 +467,7 @@ def _attend_one_round(qk, keys, v, layout: LSHLayout, r: int, causal: bool, code
     B, H, N_pad, _ = qk.shape
     m, n_chunks = layout.chunk_size, layout.n_chunks
 
-    # Sort (Sec. 3): the tokens in (bucket, position) order, cut into chunks of m queries.
+    # Sort (Sec. 2): the tokens in (bucket, position) order, cut into chunks of m queries.
     query_pos = layout.sort_indices[:, :, r].view(B, H, n_chunks, m)  # (B, H, n_chunks, m)
     # Each chunk sees the previous chunk and itself, Eq. (5).
     key_pos = _look_one_back(query_pos)  # (B, H, n_chunks, W)
@@ -493,8 +494,8 @@ def _attend_one_round(qk, keys, v, layout: LSHLayout, r: int, causal: bool, code
     # Every round keeps the token itself, so no row is ever empty ...
     allowed[..., W - m :].diagonal(dim1=-2, dim2=-1).fill_(True)
     scores.masked_fill_(~allowed, float("-inf"))  # (B, H, n_chunks, m, W), in place (autograd allows it)
-    # ... with the self penalty of Eq. (9), -1e5, and - log R because it is a duplicate in all
-    # R rounds (Eq. (9)-(10)): the union then counts it once. In place on the diagonal only.
+    # ... with the self penalty of Eq. (16), -1e5, and - log R because it is a duplicate in all
+    # R rounds (Eq. (15)-(16)): the union then counts it once. In place on the diagonal only.
     scores[..., W - m :].diagonal(dim1=-2, dim2=-1).sub_(SELF_PENALTY + math.log(layout.n_hashes))
 
     probs = torch.softmax(scores, dim=-1)  # (B, H, n_chunks, m, W)
@@ -525,13 +526,13 @@ def lsh_attention(
     seed: int | None = None,
     return_lse: bool = False,
 ):
-    """Reformer LSH attention (Sec. 3, Eq. (3)-(10)) with shared queries and keys.
+    """Reformer LSH attention (Sec. 2, Eq. (2)-(6); App. A, Eq. (11)-(16)) with shared queries and keys.
 
     Args:
         qk: ``(B, H, N, d)`` shared queries/keys; keys are ``qk / ||qk||``.
         v: ``(B, H, N, d_v)`` values.
         n_hashes: hash rounds ``R`` (the paper uses 1 to 8; more rounds, fewer misses).
-        n_buckets: buckets per round, 1 or even; default ``2 * ceil(N / chunk_size)`` (Sec. 3).
+        n_buckets: buckets per round, 1 or even; default ``2 * ceil(N / chunk_size)`` (Sec. 2).
         chunk_size: ``m``; ``N`` is padded to a multiple of it (padding is never attended).
         causal: a query sees only keys at positions ``<=`` its own.
         scale: multiplies the scores; defaults to ``1 / sqrt(d)``.
@@ -573,7 +574,7 @@ def lsh_attention(
 
 
 def _attend_all_rounds(qk, v, layout: LSHLayout, causal: bool, scale: float):
-    """All rounds of Eq. (8), combined by Eq. (7). Returns ``out: (B, H, N, d_v)`` and ``z: (B, H, N)``."""
+    """All rounds of Eq. (15), combined by Eq. (14). Returns ``out: (B, H, N, d_v)`` and ``z: (B, H, N)``."""
     N = qk.shape[2]
     compute_dtype = torch.float64 if qk.dtype == torch.float64 else torch.float32
     padding = layout.N_pad - N
@@ -594,7 +595,7 @@ def _attend_all_rounds(qk, v, layout: LSHLayout, causal: bool, scale: float):
         round_lses.append(lse_r)  # (B, H, N_pad)
     lses = torch.stack(round_lses, dim=2)  # (B, H, R, N_pad)
 
-    # Eq. (7): o_i = sum_r exp(z^(r) - z) o^(r) with z = logsumexp_r z^(r). The weights are a softmax
+    # Eq. (14): o_i = sum_r exp(z^(r) - z) o^(r) with z = logsumexp_r z^(r). The weights are a softmax
     # over rounds; torch.softmax subtracts the max first, so they sum to 1 even when every z^(r) is
     # near -1e5 (a token whose only key is itself), where float32 rounds z to steps of 0.008.
     weights = torch.softmax(lses, dim=2)  # (B, H, R, N_pad)
@@ -659,7 +660,7 @@ def lsh_pattern(
 
     Returns:
         ``(B, H, N, N)`` bool, the union over rounds, or ``(B, H, R, N, N)`` if ``per_round``:
-        the pairs each round reaches (their sum over ``R`` is ``N_ij`` of Eq. (10)). The kernel's
+        the pairs each round reaches (their sum over ``R`` is ``N_ij`` of Eq. (15)-(16)). The kernel's
         round ``r`` attends the pairs of round ``r`` that no earlier round reached, plus the
         token itself.
     """
@@ -760,7 +761,7 @@ def softmax_mass_captured(
 class ReformerSelfAttention(nn.Module):
     """Reformer LSH self-attention block, ``x: (B, N, C) -> (B, N, C)``.
 
-    One shared query/key projection and one value projection (Sec. 3, "Shared-QK"),
+    One shared query/key projection and one value projection (Sec. 2, "Shared-QK"),
     :func:`lsh_attention` per head, and an output projection. With ``seed`` set, every
     forward pass hashes with the same rotations (reproducible); with ``seed=None`` each
     pass draws fresh rotations from torch's global generator, as in training.
