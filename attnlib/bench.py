@@ -6,11 +6,14 @@ How (see FACTS.md of the project):
   call is synchronized. On the shared CPUs only ratios measured in the same run
   mean something; absolute times are quoted only from a GPU.
 * **peak memory on CPU**: each configuration runs in a *fresh process*; it builds
-  its inputs, resets the kernel's high-water mark of the resident set, reads the
-  current resident set size, calls the method once, and reports the high-water
-  mark minus that. Dense attention then reads exactly its two
-  ``N x N`` float32 buffers (scores and probabilities). On a GPU:
-  ``torch.cuda.max_memory_allocated`` minus the memory held before the call.
+  its inputs, calls the method once on a short input (the first call of a process
+  also sets up thread pools and BLAS buffers, about 10 MB that belong to no
+  method), hands the memory that call freed back to the system, resets the
+  kernel's high-water mark of the resident set, reads the current resident set
+  size, calls the method once, and reports the high-water mark minus that.
+  Dense attention then reads exactly its two ``N x N`` float32 buffers (scores
+  and probabilities). On a GPU: ``torch.cuda.max_memory_allocated`` minus the
+  memory held before the call.
 
 Command line::
 
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
+import ctypes.util
 import datetime
 import json
 import math
@@ -125,6 +130,21 @@ def _make_inputs(B: int, H: int, N: int, d: int, dtype: torch.dtype, device: tor
     return q, k, v  # each (B, H, N, d)
 
 
+WARMUP_TOKENS = 1024  # the short input of the warm-up call before the memory measurement
+
+
+def _release_free_memory() -> None:
+    """Hand the memory that the C allocator holds free back to the system (glibc's ``malloc_trim``).
+
+    So that the measured call pays for every page it touches instead of reusing pages an
+    earlier call left behind. A no-op where the C library has no ``malloc_trim``.
+    """
+    libc_name = ctypes.util.find_library("c")
+    malloc_trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None) if libc_name else None
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
 def _measure_here(config: dict) -> dict:
     """Measure one configuration in this process (the worker side of the fresh process)."""
     from . import registry
@@ -138,12 +158,16 @@ def _measure_here(config: dict) -> dict:
         kwargs["causal"] = True
     q, k, v = _make_inputs(config["B"], config["H"], config["N"], config["d"], DTYPES[config["dtype"]], device)
 
-    def call():
+    def call(q, k, v):
         with torch.no_grad():
             return attention(q, k, v, **kwargs)
 
-    peak = peak_memory_bytes(call, device)  # first call: the memory measurement
-    seconds = median_time(call, repeats=config["repeats"], warmup=config["warmup"], device=device)
+    # Warm-up on a short input: one-time setup (thread pools, BLAS buffers) is not the method's memory.
+    short = min(config["N"], WARMUP_TOKENS)
+    call(*(x[:, :, :short].contiguous() for x in (q, k, v)))  # each (B, H, short, d)
+    _release_free_memory()
+    peak = peak_memory_bytes(lambda: call(q, k, v), device)  # the memory measurement
+    seconds = median_time(lambda: call(q, k, v), repeats=config["repeats"], warmup=config["warmup"], device=device)
     return {"median_s": seconds, "peak_mib": peak / 2**20, "error": ""}
 
 

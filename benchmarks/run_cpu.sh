@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-create the committed CPU measurements (about 6 minutes on 2 idle cores; run it on an
+# Re-create the committed CPU measurements (about 4 minutes on 2 idle cores; run it on an
 # otherwise idle machine). Every method is measured in the same run, each configuration in a
 # fresh process: B=1, H=4, d=64, float32, 2 threads, attention core only (q, k, v given).
 set -euo pipefail

@@ -123,6 +123,10 @@ def test_fresh_process_measures_dense_memory_as_two_n_by_n_buffers(tmp_path):
     two_buffers_mib = 2 * 4 * 2048 * 2048 * 4 / 2**20  # H=4, float32
     assert by_method["dense"]["peak_mib"] == pytest.approx(two_buffers_mib, rel=0.15)
     assert by_method["sdpa"]["peak_mib"] < two_buffers_mib / 4
+    # The warm-up call on a short input keeps one-time setup (thread pools, BLAS buffers, about
+    # 10 MB) out of the peak: the fused kernel's peak is then about its output, not output + setup.
+    output_mib = 4 * 2048 * 64 * 4 / 2**20
+    assert by_method["sdpa"]["peak_mib"] < 2.5 * output_mib
     assert [r["method"] for r in bench.read_results(tmp_path / "r.csv")] == ["dense", "sdpa"]
 
 
