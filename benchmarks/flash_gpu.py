@@ -25,6 +25,12 @@ Usage (from the repository root, on a machine with a CUDA GPU)::
 writes ``flash_gpu.csv`` (columns date, gpu, dtype, d, N, causal, method, pass, ms, tflops,
 B, H) and ``flash_gpu.png`` (TFLOP/s against N, log-log) into ``--out``. The full sweep takes
 about 5-8 minutes on an H100/H200 (``--max-minutes`` stops it early, keeping what was measured).
+
+The tile sizes of the kernels (``flash_triton.kernel_config``) were chosen without a GPU. So the
+script then times a few other tilings (``TILINGS``) at the target setting of the chapter (float16,
+d = 128, N = 4K and 16K, causal and not) next to the default, each first checked against SDPA,
+and writes them to ``flash_gpu_tiles.csv`` (the columns above plus ``tiling``): one GPU run tells
+whether the default is the best of them (``--tiles-minutes 0`` skips this part).
 Chapter: "FlashAttention in Triton" (chapters/*/05_flash_triton.ipynb).
 """
 
@@ -50,6 +56,18 @@ METHODS = ("triton", "sdpa_flash", "reference")
 PASSES = ("fwd", "fwd+bwd")
 CSV_COLUMNS = ("date", "gpu", "dtype", "d", "N", "causal", "method", "pass", "ms", "tflops", "B", "H")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# Other tilings to time next to the default at the target setting: {name: {kernel: (block_m,
+# block_n, num_warps, num_stages)}}; kernels not named keep the default. All fit the 227 KiB of
+# shared memory of an H100 at d = 128 in float16 (compiled for sm90 on a CPU to check).
+TILINGS = {
+    "default": {},
+    "fwd 128x32 w8": {"forward": (128, 32, 8, 3)},
+    "fwd 64x64 w4": {"forward": (64, 64, 4, 3)},
+    "fwd 128x128 w8 s2": {"forward": (128, 128, 8, 2)},
+    "bwd 32x64 + 64x32 (sm80)": {"dkdv": (32, 64, 4, 3), "dq": (64, 32, 4, 3)},
+    "bwd 64x128 + 128x64 w8 s2": {"dkdv": (64, 128, 8, 2), "dq": (128, 64, 8, 2)},
+}
+TILE_COLUMNS = ("tiling",) + CSV_COLUMNS
 # Tolerances of the correctness check against SDPA (both compute in float32 and round once per
 # product; the difference is the rounding of P and dS to 16 bits in different orders).
 TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -129,6 +147,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-ms", type=float, default=25.0, help="triton.testing.do_bench warm-up time")
     p.add_argument("--rep-ms", type=float, default=100.0, help="triton.testing.do_bench measuring time")
     p.add_argument("--max-minutes", type=float, default=8.0, help="stop timing after this long (keeps results)")
+    p.add_argument("--tiles-minutes", type=float, default=1.5, help="time for the tiling comparison (0: skip)")
     args = p.parse_args(argv)
     try:
         args.sizes = [int(x) for x in args.sizes.split(",")]
@@ -245,6 +264,74 @@ def _check_methods(methods, sdpa, dtype, d: int, causal: bool, args, gen) -> dic
     return ok
 
 
+def use_tiling(tiling: dict):
+    """Make ``flash_triton.kernel_config`` return ``tiling``'s tiles on a GPU; returns the undo function.
+
+    ``tiling`` is ``{kernel: (block_m, block_n, num_warps, num_stages)}``; the other kernels, and
+    Triton's interpreter (capability None), keep the default configuration.
+    """
+    from attnlib.optim import flash_triton as ft
+
+    default = ft.kernel_config
+
+    def kernel_config(kernel, head_dim, dtype, capability):
+        if capability is not None and kernel in tiling:
+            return ft.KernelConfig(*tiling[kernel])
+        return default(kernel, head_dim, dtype, capability)
+
+    ft.kernel_config = kernel_config
+
+    def undo():
+        ft.kernel_config = default
+
+    return undo
+
+
+def _compare_tilings(args, sdpa, gen, date: str, gpu: str, path: Path) -> None:
+    """Time ``TILINGS`` for the Triton kernels at the target setting; write ``flash_gpu_tiles.csv``."""
+    from attnlib.optim.flash_triton import flash_attention_triton
+
+    def triton_attention(q, k, v, causal):
+        return flash_attention_triton(q, k, v, causal=causal)
+
+    dtype_name, d = "float16", 128
+    dtype = DTYPES[dtype_name]
+    start, rows = time.monotonic(), []
+    for name, tiling in TILINGS.items():
+        undo = use_tiling(tiling)
+        try:
+            q, k, v = (torch.randn(2, 16, 512, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+            check_against(triton_attention, sdpa, q, k, v, True, TOLERANCE[dtype])
+            for N in (4096, 16384):
+                B, H = shape_for(N, d, args.tokens, args.hidden)
+                q, k, v, dout = (torch.randn(B, H, N, d, device="cuda", dtype=dtype, generator=gen) for _ in range(4))
+                q, k, v = (x.requires_grad_(True) for x in (q, k, v))
+                for causal in (False, True):
+                    for pass_ in PASSES:
+                        if time.monotonic() - start > 60 * args.tiles_minutes:
+                            raise TimeoutError
+                        ms = _time(triton_attention, q, k, v, dout, causal, pass_, args)
+                        tf = tflops(attention_flops(B, H, N, d, causal, pass_), ms)
+                        rows.append(
+                            {"tiling": name, "date": date, "gpu": gpu, "dtype": dtype_name, "d": d, "N": N,
+                             "causal": causal, "method": "triton", "pass": pass_, "ms": round(ms, 4),
+                             "tflops": round(tf, 2), "B": B, "H": H}
+                        )  # fmt: skip
+                        print(f"tiling {name:26s} N={N:5d} causal={causal!s:5} {pass_:7s} {tf:7.1f} TFLOP/s")
+        except TimeoutError:
+            print(f"stopped the tiling comparison after --tiles-minutes={args.tiles_minutes}", flush=True)
+            break
+        except Exception as e:  # a tiling that does not compile, fit or pass: report it, go on
+            print(f"tiling {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        finally:
+            undo()
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TILE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path} ({len(rows)} rows)", flush=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
@@ -322,6 +409,8 @@ def main(argv=None) -> int:
     print(f"wrote {csv_path} and {png_path} ({len(rows)} rows) in {time.monotonic() - start:.0f} s", flush=True)
     if out_of_time:
         print(f"stopped after --max-minutes={args.max_minutes}: the sweep is incomplete", flush=True)
+    if args.tiles_minutes > 0 and capability >= (8, 0):
+        _compare_tilings(args, sdpa, gen, date, gpu, args.out / "flash_gpu_tiles.csv")
     if failures:
         print("correctness check failed (not timed): " + "; ".join(failures), flush=True)
         return 1

@@ -486,3 +486,18 @@ def test_bench_command_line(bench, capsys, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="needs a CUDA GPU"):
             bench.main(["--out", str(tmp_path)])
+
+
+def test_bench_tilings_patch_the_gpu_configuration_only(bench):
+    assert "default" in bench.TILINGS and bench.TILINGS["default"] == {}
+    for tiling in bench.TILINGS.values():
+        assert set(tiling) <= {"forward", "dkdv", "dq"}
+    default_forward = ft.kernel_config("forward", 128, torch.float16, 90)
+    undo = bench.use_tiling({"forward": (64, 64, 4, 3)})
+    try:
+        assert ft.kernel_config("forward", 128, torch.float16, 90) == ft.KernelConfig(64, 64, 4, 3)
+        assert ft.kernel_config("dq", 128, torch.float16, 90) != ft.KernelConfig(64, 64, 4, 3)
+        assert ft.kernel_config("forward", 128, torch.float16, None).num_warps == 1  # the interpreter keeps its own
+    finally:
+        undo()
+    assert ft.kernel_config("forward", 128, torch.float16, 90) == default_forward
