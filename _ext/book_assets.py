@@ -7,6 +7,9 @@
 * ``ipaexg.ttf`` (IPAexGothic, shipped by matplotlib-fontja): a web font used only for
   Japanese characters (``unicode-range``), so Japanese text and figure labels render
   on machines without a Japanese font; the static figures use the same font.
+* ``<html lang="ja">`` on the Japanese chapters (the book's language is English): screen
+  readers then read them with a Japanese voice, and browsers pick Japanese glyph shapes
+  and fonts for the Han characters.
 """
 
 import shutil
@@ -16,6 +19,7 @@ FONT_CSS = """\
 @font-face {
   font-family: "IPAexGothic";
   src: url("fonts/ipaexg.ttf") format("truetype");
+  font-weight: 100 900; /* one file for every weight: bold is synthesized from it */
   unicode-range: U+3000-30FF, U+3400-4DBF, U+4E00-9FFF, U+F900-FAFF, U+FF00-FFEF;
   font-display: swap;
 }
@@ -43,7 +47,18 @@ def _copy_assets(app, exception):
     (static / "book-fonts.css").write_text(FONT_CSS, encoding="utf-8")
 
 
+def _page_context(app, pagename, templatename, context, doctree):
+    if pagename.startswith("chapters/ja/"):
+        context["language"] = "ja"
+    # Fetch the Japanese font with the page: a text laid out before the font arrives may keep
+    # a Latin fallback font (seen in Chromium on a machine without Japanese fonts).
+    font = context["pathto"]("_static/fonts/ipaexg.ttf", 1)
+    preload = f'<link rel="preload" href="{font}" as="font" type="font/ttf" crossorigin>\n'
+    context["metatags"] = context.get("metatags", "") + preload
+
+
 def setup(app):
+    app.connect("html-page-context", _page_context)
     app.add_js_file("plotly.min.js")
     app.add_css_file("book-fonts.css")
     app.connect("build-finished", _copy_assets)

@@ -6,6 +6,7 @@ The book is served on localhost; every request that goes anywhere else is record
 
 import functools
 import http.server
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -98,7 +99,39 @@ def test_introduction_figure_slider_and_math_offline(server, browser, language):
     page.wait_for_function("document.querySelectorAll('mjx-container svg').length > 0", timeout=30_000)
     assert page.locator("mjx-container svg").count() >= 3, "math was not typeset"
     page.screenshot(path=str(ARTIFACTS / f"intro-{language}-page.png"), full_page=False)
+    assert page.evaluate("document.documentElement.lang") == language
+    assert_japanese_text_has_a_japanese_font(page)
     page.close()
 
     assert not outside, f"requests left localhost: {outside}"
     assert not [e for e in errors if "THEBE" not in e], errors
+
+
+JAPANESE_FONTS = {"IPAexGothic", "Noto Sans JP", "Hiragino Sans", "Yu Gothic"}  # the book's font list (book-fonts.css)
+HAN_OR_KANA = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+
+
+def assert_japanese_text_has_a_japanese_font(page):
+    """Every sidebar entry, caption and heading with Japanese characters is drawn with a Japanese font.
+
+    Chromium reports the fonts that drew a node's text; on a machine without Japanese fonts, a text
+    laid out before the web font arrived kept a Latin font and showed empty boxes (tofu), as the
+    bold sidebar captions once did.
+    """
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    root = cdp.send("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
+    checked = 0
+    for selector in (".caption-text", ".bd-sidenav a", "h1", "h2"):
+        for node in cdp.send("DOM.querySelectorAll", {"nodeId": root, "selector": selector})["nodeIds"]:
+            text = cdp.send("DOM.getOuterHTML", {"nodeId": node})["outerHTML"]
+            if not HAN_OR_KANA.search(re.sub(r"<[^>]+>", "", text)):
+                continue
+            fonts = {font["familyName"] for font in cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]}
+            if not fonts:  # not drawn (hidden, e.g. the copy of the title in the collapsed header)
+                continue
+            assert fonts & JAPANESE_FONTS, f"{selector} {text[:80]!r} drawn with {fonts} only"
+            checked += 1
+    cdp.detach()
+    assert checked >= 3, "no Japanese text found in the sidebar and headings"
