@@ -68,6 +68,9 @@ TILINGS = {
     "bwd 64x128 + 128x64 w8 s2": {"dkdv": (64, 128, 8, 2), "dq": (128, 64, 8, 2)},
 }
 TILE_COLUMNS = ("tiling",) + CSV_COLUMNS
+TILE_SIZES, TILE_HEAD_DIM = (4096, 16384), 128  # the chapter's target setting (with float16)
+CHECK_TOKENS = 512  # sequence length of the correctness checks before timing
+DEVICE = "cuda"  # the tests run main() on "cpu" with Triton's interpreter and a fake timer
 # Tolerances of the correctness check against SDPA (both compute in float32 and round once per
 # product; the difference is the rounding of P and dS to 16 bits in different orders).
 TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -229,8 +232,6 @@ def _plot(rows, path: Path) -> None:
 
 def _time(fn, q, k, v, dout, causal: bool, pass_: str, args) -> float:
     """Median milliseconds of one call (``fwd``) or one call plus its backward (``fwd+bwd``)."""
-    from triton.testing import do_bench
-
     if pass_ == "fwd":
 
         def run():
@@ -241,13 +242,20 @@ def _time(fn, q, k, v, dout, causal: bool, pass_: str, args) -> float:
         def run():
             fn(q, k, v, causal).backward(dout)
 
-    return do_bench(run, warmup=args.warmup_ms, rep=args.rep_ms, grad_to_none=[q, k, v], return_mode="median")
+    return _median_ms(run, [q, k, v], args)
+
+
+def _median_ms(run, grads_to_clear, args) -> float:
+    """Triton's ``do_bench``: CUDA events around repeated calls, the cache flushed between them."""
+    from triton.testing import do_bench
+
+    return do_bench(run, warmup=args.warmup_ms, rep=args.rep_ms, grad_to_none=grads_to_clear, return_mode="median")
 
 
 def _check_methods(methods, sdpa, dtype, d: int, causal: bool, args, gen) -> dict:
-    """``{method: passed}``: each method's output and gradients against SDPA's flash backend at N = 512."""
+    """``{method: passed}``: each method's output and gradients against SDPA's flash backend at N = CHECK_TOKENS."""
     B, H = 2, max(1, args.hidden // d)
-    q, k, v = (torch.randn(B, H, 512, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+    q, k, v = (torch.randn(B, H, CHECK_TOKENS, d, device=DEVICE, dtype=dtype, generator=gen) for _ in range(3))
     ok = {}
     for name, fn in methods.items():
         label = f"{name} {str(dtype).removeprefix('torch.')} d={d} causal={causal}"
@@ -294,17 +302,18 @@ def _compare_tilings(args, sdpa, gen, date: str, gpu: str, path: Path) -> None:
     def triton_attention(q, k, v, causal):
         return flash_attention_triton(q, k, v, causal=causal)
 
-    dtype_name, d = "float16", 128
+    dtype_name, d = "float16", TILE_HEAD_DIM
     dtype = DTYPES[dtype_name]
     start, rows = time.monotonic(), []
     for name, tiling in TILINGS.items():
         undo = use_tiling(tiling)
         try:
-            q, k, v = (torch.randn(2, 16, 512, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+            H = max(1, args.hidden // d)
+            q, k, v = (torch.randn(2, H, CHECK_TOKENS, d, device=DEVICE, dtype=dtype, generator=gen) for _ in range(3))
             check_against(triton_attention, sdpa, q, k, v, True, TOLERANCE[dtype])
-            for N in (4096, 16384):
+            for N in TILE_SIZES:
                 B, H = shape_for(N, d, args.tokens, args.hidden)
-                q, k, v, dout = (torch.randn(B, H, N, d, device="cuda", dtype=dtype, generator=gen) for _ in range(4))
+                q, k, v, dout = (torch.randn(B, H, N, d, device=DEVICE, dtype=dtype, generator=gen) for _ in range(4))
                 q, k, v = (x.requires_grad_(True) for x in (q, k, v))
                 for causal in (False, True):
                     for pass_ in PASSES:
@@ -315,7 +324,7 @@ def _compare_tilings(args, sdpa, gen, date: str, gpu: str, path: Path) -> None:
                         rows.append(
                             {"tiling": name, "date": date, "gpu": gpu, "dtype": dtype_name, "d": d, "N": N,
                              "causal": causal, "method": "triton", "pass": pass_, "ms": round(ms, 4),
-                             "tflops": round(tf, 2), "B": B, "H": H}
+                             "tflops": float(f"{tf:.4g}"), "B": B, "H": H}
                         )  # fmt: skip
                         print(f"tiling {name:26s} N={N:5d} causal={causal!s:5} {pass_:7s} {tf:7.1f} TFLOP/s")
         except TimeoutError:
@@ -339,10 +348,10 @@ def main(argv=None) -> int:
             "flash_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False). "
             "On a CPU, time the PyTorch path with attnlib.bench instead."
         )
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if os.environ.get("TRITON_INTERPRET") == "1" and DEVICE == "cuda":
         raise SystemExit("unset TRITON_INTERPRET: the benchmark must time compiled kernels, not the interpreter")
 
-    device = torch.device("cuda")
+    device = torch.device(DEVICE)
     gpu = torch.cuda.get_device_name(device)
     capability = torch.cuda.get_device_capability(device)
     date = datetime.date.today().isoformat()
@@ -380,7 +389,8 @@ def main(argv=None) -> int:
             q, k, v, dout = (torch.randn(B, H, N, d, device=device, dtype=dtype, generator=gen) for _ in range(4))
             inputs, inputs_key = [x.requires_grad_(True) for x in (q, k, v)] + [dout], (dtype, d, N)
         for pass_ in PASSES:
-            if name == "reference" and reference_bytes(B, H, N, pass_) > 0.8 * torch.cuda.mem_get_info(device)[0]:
+            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else math.inf
+            if name == "reference" and reference_bytes(B, H, N, pass_) > 0.8 * free:
                 print(f"skip reference N={N} d={d} {pass_}: would not fit in GPU memory", flush=True)
                 continue
             try:
@@ -392,7 +402,7 @@ def main(argv=None) -> int:
             tf = tflops(attention_flops(B, H, N, d, causal, pass_), ms)
             rows.append(
                 {"date": date, "gpu": gpu, "dtype": dtype_name, "d": d, "N": N, "causal": causal, "method": name,
-                 "pass": pass_, "ms": round(ms, 4), "tflops": round(tf, 2), "B": B, "H": H}
+                 "pass": pass_, "ms": round(ms, 4), "tflops": float(f"{tf:.4g}"), "B": B, "H": H}
             )  # fmt: skip
             print(
                 f"{dtype_name} d={d:3d} N={N:5d} causal={causal!s:5} {name:10s} {pass_:7s} {ms:9.3f} ms "

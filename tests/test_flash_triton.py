@@ -14,6 +14,7 @@ Tolerances (max abs error against the reference, which computes in float32 and r
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -501,3 +502,41 @@ def test_bench_tilings_patch_the_gpu_configuration_only(bench):
     finally:
         undo()
     assert ft.kernel_config("forward", 128, torch.float16, 90) == default_forward
+
+
+def test_bench_main_runs_end_to_end_on_cpu(bench, monkeypatch, tmp_path, capsys):
+    """The GPU script's whole main(), on the CPU: Triton's interpreter instead of a GPU and a timer that
+    calls each measured function once and reports 1 ms. So a GPU session's run cannot fail on a bug
+    that a CPU can show (every code path but the CUDA timing and memory queries)."""
+    calls = []
+
+    def one_call(run, grads_to_clear, args):
+        run()
+        calls.append(len(grads_to_clear))
+        return 1.0
+
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    monkeypatch.setattr(bench, "_median_ms", one_call)
+    monkeypatch.setattr(bench, "TILE_SIZES", (128,))
+    monkeypatch.setattr(bench, "TILE_HEAD_DIM", 16)
+    monkeypatch.setattr(bench, "CHECK_TOKENS", 128)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "CPU standing in for a GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    status = bench.main(
+        ["--out", str(tmp_path), "--sizes", "64,128", "--head-dims", "16", "--dtypes", "float16",
+         "--causal", "false,true", "--tokens", "256", "--hidden", "32"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    with open(tmp_path / "flash_gpu.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    # 2 sizes x 2 causal x 3 methods x 2 passes, each timed once
+    assert len(rows) == 24 and {r["method"] for r in rows} == set(bench.METHODS)
+    assert {(r["N"], r["B"], r["H"]) for r in rows} == {("64", "4", "2"), ("128", "2", "2")}
+    assert all(r["ms"] == "1.0" and float(r["tflops"]) > 0 for r in rows)
+    assert (tmp_path / "flash_gpu.png").exists()
+    with open(tmp_path / "flash_gpu_tiles.csv") as handle:
+        tiles = list(csv.DictReader(handle))
+    assert {r["tiling"] for r in tiles} == set(bench.TILINGS) and len(tiles) == len(bench.TILINGS) * 2 * 2
+    assert "FAILED" not in printed and len(calls) == len(rows) + len(tiles)
