@@ -149,7 +149,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=2048, help="heads x d (default 2048)")
     p.add_argument("--warmup-ms", type=float, default=25.0, help="triton.testing.do_bench warm-up time")
     p.add_argument("--rep-ms", type=float, default=100.0, help="triton.testing.do_bench measuring time")
-    p.add_argument("--max-minutes", type=float, default=8.0, help="stop timing after this long (keeps results)")
+    p.add_argument("--max-minutes", type=float, default=7.0, help="stop timing after this long (keeps results)")
     p.add_argument("--tiles-minutes", type=float, default=1.5, help="time for the tiling comparison (0: skip)")
     args = p.parse_args(argv)
     try:
