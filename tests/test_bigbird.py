@@ -8,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnlib import registry
 from attnlib.reference import MultiHeadSelfAttention, attention
@@ -432,31 +431,16 @@ def test_bad_pattern_and_table_arguments():
 # ----------------------------------------------------------------------------
 
 
-class ShapeRecorder(TorchDispatchMode):
-    """Records the shape of every tensor every aten op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.shapes.append((str(func), tuple(t.shape)))
-        return out
-
-
 def _square_tensors(shapes, N):
     return [(op, s) for op, s in shapes if len(s) >= 2 and s[-1] >= N and s[-2] >= N]
 
 
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("causal", [False, True])
-def test_no_n_by_n_tensor(causal, fused):
+def test_no_n_by_n_tensor(causal, fused, record_shapes):
     N = 2048
     q, k, v = make_qkv(1, 2, 1, N, 16, requires_grad=True)
-    with ShapeRecorder() as recorder:
+    with record_shapes() as recorder:
         out = bigbird_attention(q, k, v, block_size=64, num_random_blocks=3, causal=causal, fused=fused)
         out.sum().backward()
     assert len(recorder.shapes) > 10
@@ -464,10 +448,10 @@ def test_no_n_by_n_tensor(causal, fused):
     assert q.grad is not None and k.grad is not None
 
 
-def test_shape_recorder_catches_dense_attention():
+def test_shape_recorder_catches_dense_attention(record_shapes):
     """The check above is not vacuous: dense attention does build N x N."""
     q, k, v = make_qkv(1, 1, 1, 256, 8)
-    with ShapeRecorder() as recorder:
+    with record_shapes() as recorder:
         attention(q, k, v)
     assert _square_tensors(recorder.shapes, 256)
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnlib import reference, registry
 from attnlib.sparse import reformer as rf
@@ -358,27 +357,12 @@ def test_heads_run_in_blocks_with_the_same_result(monkeypatch):
     torch.testing.assert_close(blocked_lse, lse, atol=1e-6, rtol=1e-6)
 
 
-class ShapeRecorder(TorchDispatchMode):
-    """Records the shape of every tensor an aten operator returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        for value in result if isinstance(result, (tuple, list)) else [result]:
-            if isinstance(value, torch.Tensor):
-                self.shapes.append((str(func), tuple(value.shape)))
-        return result
-
-
-def test_library_path_builds_no_n_by_n_tensor():
+def test_library_path_builds_no_n_by_n_tensor(record_shapes):
     N, chunk_size = 2048, 64
     qk, v = make_inputs(B=1, H=1, N=N, d=16)
     qk.requires_grad_(True)
     v.requires_grad_(True)
-    with ShapeRecorder() as recorder:
+    with record_shapes() as recorder:
         out = lsh_attention(qk, v, n_hashes=4, chunk_size=chunk_size, causal=True, seed=0)
         out.sum().backward()
     assert recorder.shapes
