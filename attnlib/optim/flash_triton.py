@@ -201,6 +201,28 @@ def _fwd_tiles(
 
 
 @triton.jit
+def _key_range(start_m, N_Q, N_K, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The key tiles the query block starting at row ``start_m`` visits: ``(n_full, n_hi)``.
+
+    Query i sees key j iff j <= i + (N_K - N_Q) when causal (queries aligned to the end of the
+    keys), else every key j < N_K. Keys [0, n_full) need no mask; keys [n_full, n_hi) do; tiles
+    from n_hi on are fully masked and never visited. The forward and the dQ kernel both use it.
+    """
+    causal_offset = N_K - N_Q
+    if CAUSAL:
+        # keys that *every* query of the block sees: j <= start_m + causal_offset
+        n_full = tl.minimum(tl.maximum(start_m + causal_offset + 1, 0), N_K)
+        # keys that *some* query of the block sees: j <= last query + causal_offset;
+        # tiles past that are fully masked and skipped (half of the work when N_Q == N_K).
+        n_hi = tl.minimum(tl.maximum(tl.minimum(start_m + BLOCK_M, N_Q) + causal_offset, 0), N_K)
+    else:
+        n_full = N_K
+        n_hi = N_K
+    n_full = (n_full // BLOCK_N) * BLOCK_N  # whole tiles only: the ragged last tile needs a mask
+    return n_full, n_hi
+
+
+@triton.jit
 def _flash_fwd_kernel(
     Q, K, V, Out, Lse,  # pointers; Lse is float32 (B, H, N_Q), contiguous
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -244,17 +266,7 @@ def _flash_fwd_kernel(
     # --- which key tiles do I visit? ------------------------------------------------------
     # Query i sees key j iff j <= i + causal_offset (causal), else every key j < N_K.
     causal_offset = N_K - N_Q
-    start_m = pid_m * BLOCK_M
-    if CAUSAL:
-        # keys that *every* query of the block sees: j <= start_m + causal_offset
-        n_full = tl.minimum(tl.maximum(start_m + causal_offset + 1, 0), N_K)
-        # keys that *some* query of the block sees: j <= last query + causal_offset;
-        # tiles past that are fully masked and skipped (half of the work when N_Q == N_K).
-        n_hi = tl.minimum(tl.maximum(tl.minimum(start_m + BLOCK_M, N_Q) + causal_offset, 0), N_K)
-    else:
-        n_full = N_K
-        n_hi = N_K
-    n_full = (n_full // BLOCK_N) * BLOCK_N  # whole tiles only: the ragged last tile needs a mask
+    n_full, n_hi = _key_range(pid_m * BLOCK_M, N_Q, N_K, CAUSAL, BLOCK_M, BLOCK_N)
 
     # Stage 1: tiles entirely below the diagonal and inside N_K: no mask at all.
     acc, m_i, l_i = _fwd_tiles(
@@ -554,14 +566,8 @@ def _flash_bwd_dq_kernel(
     k_ptrs = K + off_b * stride_kb + off_hkv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
     v_ptrs = V + off_b * stride_vb + off_hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
 
-    causal_offset = N_K - N_Q  # the same key ranges as in _flash_fwd_kernel
-    if CAUSAL:
-        n_full = tl.minimum(tl.maximum(start_m + causal_offset + 1, 0), N_K)
-        n_hi = tl.minimum(tl.maximum(tl.minimum(start_m + BLOCK_M, N_Q) + causal_offset, 0), N_K)
-    else:
-        n_full = N_K
-        n_hi = N_K
-    n_full = (n_full // BLOCK_N) * BLOCK_N
+    causal_offset = N_K - N_Q
+    n_full, n_hi = _key_range(start_m, N_Q, N_K, CAUSAL, BLOCK_M, BLOCK_N)  # the forward's tiles
 
     dq = _bwd_dq_tiles(
         dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, 0, n_full,
