@@ -113,7 +113,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_mask, check_positive_int, check_tensor, check_tokens
-from ..reference import attention, causal_mask
+from ..reference import attention, attention_weights, causal_mask
 
 __all__ = [
     "SELF_PENALTY",
@@ -126,6 +126,7 @@ __all__ = [
     "lsh_attention",
     "lsh_attention_qkv",
     "shared_qk_attention",
+    "shared_qk_keys",
     "softmax_mass_captured",
     "ReformerSelfAttention",
 ]
@@ -582,9 +583,7 @@ def _attend_all_rounds(qk, v, layout: LSHLayout, causal: bool, scale: float):
     if padding:  # zero tokens at the end
         qk_padded = F.pad(qk_padded, (0, 0, 0, padding))  # (B, H, N_pad, d)
         v_padded = F.pad(v_padded, (0, 0, 0, padding))  # (B, H, N_pad, d_v)
-    # Shared-QK keys k_j = q_j / ||q_j|| (a zero vector gives a zero key, not NaN), times the scale
-    norm = torch.linalg.vector_norm(qk_padded, dim=-1, keepdim=True).clamp_min(1e-12)  # (B, H, N_pad, 1)
-    keys = qk_padded * (scale / norm)  # (B, H, N_pad, d)
+    keys = shared_qk_keys(qk_padded) * scale  # (B, H, N_pad, d), the scale folded into the keys once
     buckets = layout.buckets.to(torch.int32)  # (B, H, R, N_pad)
     codes = _window_codes(layout)  # 2 x (B, H, R, N_pad)
 
@@ -684,6 +683,11 @@ def _self_masked(allowed: torch.Tensor) -> torch.Tensor:
     return torch.where(has_others, others, allowed & eye)  # (..., N, N)
 
 
+def shared_qk_keys(qk: torch.Tensor) -> torch.Tensor:
+    """Shared-QK keys (Sec. 2): ``k_j = q_j / ||q_j||``, ``(..., N, d)``; a zero vector gives a zero key, not NaN."""
+    return qk / torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(1e-12)  # (..., N, d)
+
+
 def _shared_qk_mask(B, H, N, device, mask, causal) -> torch.Tensor:
     allowed = torch.ones(B, H, N, N, dtype=torch.bool, device=device)  # (B, H, N, N)
     if mask is not None:
@@ -713,9 +717,8 @@ def shared_qk_attention(
     _check_scale(scale)
     if mask is not None:
         check_mask(mask, (B, H, N, N), qk.device)
-    keys = qk / torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(1e-12)  # (B, H, N, d)
     allowed = _shared_qk_mask(B, H, N, qk.device, mask, causal)  # (B, H, N, N)
-    return attention(qk, keys, v, mask=allowed, scale=scale, return_lse=return_lse)  # (B, H, N, d_v)
+    return attention(qk, shared_qk_keys(qk), v, mask=allowed, scale=scale, return_lse=return_lse)  # (B, H, N, d_v)
 
 
 def softmax_mass_captured(
@@ -739,17 +742,15 @@ def softmax_mass_captured(
     check_tensor("qk", qk, ndim=4)
     _check_bool("causal", causal)
     _check_scale(scale)
-    B, H, N, d = qk.shape
+    B, H, N, _ = qk.shape
     pattern = lsh_pattern(
         qk, n_hashes=n_hashes, n_buckets=n_buckets, chunk_size=chunk_size, causal=causal,
         rotations=rotations, generator=generator, seed=seed,
     )  # fmt: skip  # (B, H, N, N)
     compute_dtype = torch.float64 if qk.dtype == torch.float64 else torch.float32
     x = qk.to(compute_dtype)  # (B, H, N, d)
-    keys = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)  # (B, H, N, d)
-    scores = (x @ keys.transpose(-2, -1)) * (1.0 / math.sqrt(d) if scale is None else scale)  # (B, H, N, N)
     allowed = _shared_qk_mask(B, H, N, qk.device, None, causal)  # (B, H, N, N)
-    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)  # (B, H, N, N)
+    probs = attention_weights(x, shared_qk_keys(x), mask=allowed, scale=scale)  # (B, H, N, N): P
     return (probs * pattern).sum(dim=-1)  # (B, H, N)
 
 
