@@ -43,6 +43,9 @@ __all__ = [
     "causal_mask",
     "expand_kv_heads",
     "MultiHeadSelfAttention",
+    "GlobalSelfAttention2d",
+    "dense_global_mixer",
+    "sdpa_global_mixer",
 ]
 
 
@@ -200,3 +203,34 @@ class MultiHeadSelfAttention(nn.Module):
         out = self.attention_fn(q, k, v, causal=self.causal)  # (B, H, N, d)
         out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.out_proj(out)
+
+
+class GlobalSelfAttention2d(nn.Module):
+    """Global multi-head self-attention over a feature map, ``x: (B, H, W, C) -> (B, H, W, C)``.
+
+    The baseline of every vision chapter: the same channels, heads and projections as
+    the windowed and reduced mixers, but every pixel attends to every pixel
+    (``N = H * W`` tokens). ``attention_fn`` picks the kernel: dense :func:`attention`
+    (two ``N x N`` buffers) or :func:`sdpa_attention` (PyTorch's fused kernel).
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, attention_fn=None):
+        super().__init__()
+        self.attn = MultiHeadSelfAttention(dim, num_heads, attention_fn=attention_fn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ._checks import check_tensor
+
+        check_tensor("x", x, ndim=4)
+        B, H, W, C = x.shape
+        return self.attn(x.reshape(B, H * W, C)).view(B, H, W, C)  # (B, H, W, C)
+
+
+def dense_global_mixer(dim: int, num_heads: int, height: int, width: int) -> GlobalSelfAttention2d:
+    """Registry factory: global self-attention over a ``height x width`` map, dense kernel."""
+    return GlobalSelfAttention2d(dim, num_heads, attention_fn=attention)
+
+
+def sdpa_global_mixer(dim: int, num_heads: int, height: int, width: int) -> GlobalSelfAttention2d:
+    """Registry factory: global self-attention over a ``height x width`` map, SDPA's fused kernel."""
+    return GlobalSelfAttention2d(dim, num_heads, attention_fn=sdpa_attention)

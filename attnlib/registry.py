@@ -45,6 +45,11 @@ class Method:
     chapter: str  # notebook file name under chapters/en and chapters/ja
     # keyword arguments for attention() in benchmarks and the comparison chapter
     bench_kwargs: dict = field(default_factory=dict)
+    # Vision token mixers: "module:function" with signature
+    #   make_mixer(dim, num_heads, height, width) -> nn.Module mapping x: (B, height, width, dim) to the same shape.
+    # attnlib.bench --kind vision builds the mixer with this and times it on one feature map;
+    # dense and sdpa provide a global multi-head self-attention mixer of the same C and heads.
+    make_mixer: str | None = None
 
     def __post_init__(self):
         if self.category not in CATEGORIES:
@@ -59,6 +64,10 @@ class Method:
     def module_cls(self) -> type:
         """The ``nn.Module`` block class, imported on first use."""
         return _resolve(self.module)
+
+    def mixer_factory(self) -> Callable | None:
+        """The vision mixer factory ``(dim, num_heads, height, width) -> nn.Module``, imported on first use."""
+        return _resolve(self.make_mixer)
 
     def pattern_fn(self) -> Callable | None:
         """The pattern function, imported on first use (None for exact methods)."""
@@ -79,6 +88,7 @@ METHODS: list[Method] = [
         module="attnlib.reference:MultiHeadSelfAttention",
         pattern=None,
         chapter="00_introduction.ipynb",
+        make_mixer="attnlib.reference:dense_global_mixer",
     ),
     Method(
         name="sdpa",
@@ -93,6 +103,7 @@ METHODS: list[Method] = [
         module="attnlib.reference:MultiHeadSelfAttention",
         pattern=None,
         chapter="00_introduction.ipynb",
+        make_mixer="attnlib.reference:sdpa_global_mixer",
     ),
     Method(
         name="bigbird",
@@ -106,7 +117,7 @@ METHODS: list[Method] = [
         attention="attnlib.sparse.bigbird:bigbird_attention",
         module="attnlib.sparse.bigbird:BigBirdSelfAttention",
         pattern="attnlib.sparse.bigbird:bigbird_pattern",
-        chapter="02_bigbird.ipynb",
+        chapter="05_bigbird.ipynb",
         # the paper's base ITC setting: 64-token blocks, 3 random blocks; needs N >= 449
         bench_kwargs={"block_size": 64, "num_random_blocks": 3, "seed": 0},
     ),
@@ -123,7 +134,7 @@ METHODS: list[Method] = [
         attention="attnlib.sparse.reformer:lsh_attention_qkv",
         module="attnlib.sparse.reformer:ReformerSelfAttention",
         pattern="attnlib.sparse.reformer:lsh_pattern",
-        chapter="03_reformer.ipynb",
+        chapter="06_reformer.ipynb",
         # shared-QK: q is the shared query/key, k is unused; n_buckets defaults to 2 * ceil(N / 64)
         bench_kwargs={"n_hashes": 4, "chunk_size": 64, "seed": 0},
     ),
@@ -139,7 +150,7 @@ METHODS: list[Method] = [
         attention="attnlib.optim.flash:flash_attention",
         module="attnlib.reference:MultiHeadSelfAttention",
         pattern=None,
-        chapter="04_flash_attention.ipynb",
+        chapter="10_flash_attention.ipynb",
         # the PyTorch tiles, on any device: "auto" would run the Triton kernel in Triton's (slow)
         # interpreter on a CPU where TRITON_INTERPRET=1 is set; the kernels have their own benchmark
         bench_kwargs={"backend": "torch", "block_q": 256, "block_k": 512},

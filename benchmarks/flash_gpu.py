@@ -31,7 +31,7 @@ script then times a few other tilings (``TILINGS``) at the target setting of the
 d = 128, N = 4K and 16K, causal and not) next to the default, each first checked against SDPA,
 and writes them to ``flash_gpu_tiles.csv`` (the columns above plus ``tiling``): one GPU run tells
 whether the default is the best of them (``--tiles-minutes 0`` skips this part).
-Chapter: "FlashAttention in Triton" (chapters/*/05_flash_triton.ipynb).
+Chapter: "FlashAttention in Triton" (chapters/*/11_flash_triton.ipynb).
 """
 
 from __future__ import annotations

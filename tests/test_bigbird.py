@@ -495,7 +495,7 @@ def test_module_bad_arguments():
 def test_registry_entry():
     method = registry.get("bigbird")
     assert method.category == "sparsification" and method.domain == "language"
-    assert method.chapter == "02_bigbird.ipynb"
+    assert method.chapter == "05_bigbird.ipynb"
     assert method.attention_fn() is bigbird_attention
     assert method.module_cls() is BigBirdSelfAttention
     q, k, v = make_qkv(1, 2, 2, 512, 8)

@@ -412,7 +412,7 @@ def test_flash_attention_plugs_into_multi_head_self_attention():
 def test_registry_entry():
     method = registry.get("flash")
     assert method.category == "computation optimization" and method.domain == "any"
-    assert method.chapter == "04_flash_attention.ipynb"
+    assert method.chapter == "10_flash_attention.ipynb"
     assert method.attention_fn() is flash_attention
     q, k, v = small_qkv()
     out = method.attention_fn()(q, k, v, causal=True, **{**method.bench_kwargs, "backend": "torch"})

@@ -442,7 +442,7 @@ def test_adapter_uses_q_as_shared_query_key():
 
 def test_registry_entry():
     method = registry.get("reformer")
-    assert (method.category, method.domain, method.chapter) == ("sparsification", "language", "03_reformer.ipynb")
+    assert (method.category, method.domain, method.chapter) == ("sparsification", "language", "06_reformer.ipynb")
     assert method.attention_fn() is lsh_attention_qkv
     assert method.module_cls() is ReformerSelfAttention
     assert method.pattern_fn() is lsh_pattern
@@ -515,4 +515,4 @@ def test_bad_input_raises_with_a_clear_message(call, error, message):
 
 def test_public_api_names_the_chapter():
     assert set(rf.__all__) >= {"lsh_attention", "lsh_pattern", "ReformerSelfAttention", "softmax_mass_captured"}
-    assert "03_reformer.ipynb" in rf.__doc__
+    assert "06_reformer.ipynb" in rf.__doc__

@@ -13,7 +13,7 @@ Papers
 * Milakov, Gimelshein, "Online normalizer calculation for softmax",
   arXiv:1805.02867: the running max and running sum.
 
-Chapter: "FlashAttention" (chapters/*/04_flash_attention.ipynb). The chapter
+Chapter: "FlashAttention" (chapters/*/10_flash_attention.ipynb). The chapter
 walks through this file top to bottom:
 
 1. :func:`dense_memory_traffic_bytes` / :func:`flash_memory_traffic_bytes`:
@@ -613,7 +613,7 @@ def flash_attention(
     block_q: int = DEFAULT_BLOCK_Q,
     block_k: int = DEFAULT_BLOCK_K,
 ) -> torch.Tensor:
-    """Exact softmax attention by FlashAttention; differentiable. Chapter 04_flash_attention.ipynb.
+    """Exact softmax attention by FlashAttention; differentiable. Chapter 10_flash_attention.ipynb.
 
     Args:
         q: ``(B, H, N_q, d)``; k: ``(B, H_kv, N_k, d)``; v: ``(B, H_kv, N_k, d_v)``; ``H_kv`` divides ``H``.

@@ -5,7 +5,7 @@ IO-Awareness", NeurIPS 2022 (arXiv 2205.14135), and Dao, "FlashAttention-2: Fast
 Attention with Better Parallelism and Work Partitioning", 2023 (arXiv 2307.08691).
 "Alg. 1" and "Alg. 2" below are FlashAttention-2's forward and backward algorithms (line
 numbers as printed in the paper). Chapter: "FlashAttention"
-(chapters/*/04_flash_attention.ipynb); the PyTorch version of the
+(chapters/*/10_flash_attention.ipynb); the PyTorch version of the
 same tiling is :mod:`attnlib.optim.flash`, whose ``flash_attention(..., backend="auto")``
 calls this module on demand.
 

@@ -1,7 +1,7 @@
 """BigBird block-sparse attention: global + sliding-window + random key blocks.
 
 Zaheer et al., "Big Bird: Transformers for Longer Sequences", NeurIPS 2020,
-arXiv:2007.14062. Chapter: "BigBird" (chapters/*/02_bigbird.ipynb).
+arXiv:2007.14062. Chapter: "BigBird" (chapters/*/05_bigbird.ipynb).
 
 The idea (Sec. 2)
 -----------------
@@ -510,7 +510,7 @@ def bigbird_attention(
 
     Equal to ``reference.attention(q, k, v, mask=bigbird_pattern(N, ...))``
     with the same arguments, in time and memory linear in ``N``.
-    Chapter: chapters/*/02_bigbird.ipynb.
+    Chapter: chapters/*/05_bigbird.ipynb.
 
     Args:
         q: ``(B, H, N, d)`` queries.
@@ -618,7 +618,7 @@ class BigBirdSelfAttention(MultiHeadSelfAttention):
     The projections of :class:`attnlib.reference.MultiHeadSelfAttention` around
     :func:`bigbird_attention`. The random blocks are drawn from ``seed`` at
     every call, so the pattern is the same at every call (per head, per length).
-    Chapter: chapters/*/02_bigbird.ipynb.
+    Chapter: chapters/*/05_bigbird.ipynb.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Reformer LSH attention: hash, sort, chunk, attend within buckets.
 
 Kitaev, Kaiser, Levskaya, "Reformer: The Efficient Transformer", ICLR 2020,
-arXiv:2001.04451, Sec. 2 and App. A. Chapter: "Reformer" (chapters/*/03_reformer.ipynb).
+arXiv:2001.04451, Sec. 2 and App. A. Chapter: "Reformer" (chapters/*/06_reformer.ipynb).
 
 The idea
 --------
