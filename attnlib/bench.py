@@ -15,10 +15,26 @@ How (see FACTS.md of the project):
   and probabilities). On a GPU: ``torch.cuda.max_memory_allocated`` minus the
   memory held before the call.
 
+Two kinds of configuration:
+
+* ``language``: attention kernels ``f(q, k, v)`` on ``q, k, v: (B, H, N, d)``, N tokens;
+* ``vision``: token mixers ``x: (B, side, side, C) -> (B, side, side, C)`` built by the
+  registry's ``make_mixer``; ``dense`` and ``sdpa`` are then a global multi-head
+  self-attention mixer of the same C and heads. ``--sizes`` are the sides of square maps.
+
+Long runs: every finished row is appended to the CSV at once (written to a temporary file,
+then renamed, so the file is never half-written); a run stopped with Ctrl-C and started again
+with the same command measures only what is missing. A configuration whose estimated memory
+exceeds what the machine has is recorded as ``skipped`` instead of being run.
+
 Command line::
 
     python -m attnlib.bench run --methods dense,sdpa,bigbird --sizes 1024,4096 --out results.csv
+    python -m attnlib.bench run --kind vision --methods dense,sdpa,swin --sizes 28,56,112 --out vision.csv
     python -m attnlib.bench plot results.csv --out results.png
+
+The exit status is 0 when every row was measured or skipped, 1 when a row failed, 2 for bad
+arguments and 130 when interrupted.
 
 Chapter: "Introduction" (chapters/*/00_introduction.ipynb).
 """
@@ -32,6 +48,7 @@ import ctypes.util
 import datetime
 import json
 import math
+import os
 import platform
 import resource
 import statistics
@@ -54,7 +71,12 @@ __all__ = [
 ]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-FIELDS = ["method", "N", "B", "H", "d", "dtype", "device", "causal", "threads", "median_s", "peak_mib", "error"]
+KINDS = ("language", "vision")
+# One CSV row per configuration. N is the number of tokens (side * side for vision);
+# side and C are empty for language rows, d is C / H for vision rows.
+# status: "ok", "skipped" (estimated memory too large, see error) or "error".
+CONFIG_FIELDS = ["method", "kind", "N", "side", "B", "H", "d", "C", "dtype", "device", "causal", "threads"]
+FIELDS = CONFIG_FIELDS + ["median_s", "peak_mib", "status", "error"]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -131,6 +153,7 @@ def _make_inputs(B: int, H: int, N: int, d: int, dtype: torch.dtype, device: tor
 
 
 WARMUP_TOKENS = 1024  # the short input of the warm-up call before the memory measurement
+WARMUP_SIDE = 28  # the small map of the warm-up call of a vision mixer
 
 
 def _release_free_memory() -> None:
@@ -145,68 +168,202 @@ def _release_free_memory() -> None:
         malloc_trim(0)
 
 
-def _measure_here(config: dict) -> dict:
-    """Measure one configuration in this process (the worker side of the fresh process)."""
+def _language_call(config: dict, device: torch.device):
+    """(warm-up call, measured call) for an attention kernel on ``(B, H, N, d)`` inputs."""
     from . import registry
 
-    torch.set_num_threads(config["threads"])
-    device = torch.device(config["device"])
     method = registry.get(config["method"])
     attention = method.attention_fn()
     kwargs = dict(method.bench_kwargs)
     if config["causal"]:
         kwargs["causal"] = True
     q, k, v = _make_inputs(config["B"], config["H"], config["N"], config["d"], DTYPES[config["dtype"]], device)
-
-    def call(q, k, v):
-        with torch.no_grad():
-            return attention(q, k, v, **kwargs)
-
-    # Warm-up on a short input: one-time setup (thread pools, BLAS buffers) is not the method's memory.
     short = min(config["N"], WARMUP_TOKENS)
-    call(*(x[:, :, :short].contiguous() for x in (q, k, v)))  # each (B, H, short, d)
+    small = tuple(x[:, :, :short].contiguous() for x in (q, k, v))  # each (B, H, short, d)
+    return (lambda: attention(*small, **kwargs)), (lambda: attention(q, k, v, **kwargs))
+
+
+def _vision_call(config: dict, device: torch.device):
+    """(warm-up call, measured call) for a vision mixer on a ``(B, side, side, C)`` map."""
+    from . import registry
+
+    factory = registry.get(config["method"]).mixer_factory()
+    dtype, side, B, C, H = DTYPES[config["dtype"]], config["side"], config["B"], config["C"], config["H"]
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    small_side = min(side, WARMUP_SIDE)
+    small_mixer = factory(C, H, small_side, small_side).to(device=device, dtype=dtype).eval()
+    mixer = factory(C, H, side, side).to(device=device, dtype=dtype).eval()
+    small = torch.randn(B, small_side, small_side, C, generator=generator).to(device=device, dtype=dtype)
+    x = torch.randn(B, side, side, C, generator=generator).to(device=device, dtype=dtype)  # (B, side, side, C)
+    return (lambda: small_mixer(small)), (lambda: mixer(x))
+
+
+def _measure_here(config: dict) -> dict:
+    """Measure one configuration in this process (the worker side of the fresh process)."""
+    torch.set_num_threads(config["threads"])
+    device = torch.device(config["device"])
+    make_calls = _vision_call if config.get("kind", "language") == "vision" else _language_call
+    warmup_call, measured_call = make_calls(config, device)
+
+    def no_grad(fn):
+        def call():
+            with torch.no_grad():
+                return fn()
+
+        return call
+
+    warmup_call, measured_call = no_grad(warmup_call), no_grad(measured_call)
+    # Warm-up on a short input: one-time setup (thread pools, BLAS buffers) is not the method's memory.
+    warmup_call()
     _release_free_memory()
-    peak = peak_memory_bytes(lambda: call(q, k, v), device)  # the memory measurement
-    seconds = median_time(lambda: call(q, k, v), repeats=config["repeats"], warmup=config["warmup"], device=device)
-    return {"median_s": seconds, "peak_mib": peak / 2**20, "error": ""}
+    peak = peak_memory_bytes(measured_call, device)  # the memory measurement
+    seconds = median_time(measured_call, repeats=config["repeats"], warmup=config["warmup"], device=device)
+    return {"median_s": seconds, "peak_mib": peak / 2**20, "status": "ok", "error": ""}
 
 
-def measure_in_fresh_process(
+def _config(
     method: str,
-    N: int,
+    size: int,
     *,
+    kind: str = "language",
     B: int = 1,
-    H: int = 4,
-    d: int = 64,
+    H: int | None = None,
+    d: int | None = None,
+    C: int | None = None,
     dtype: str = "float32",
     device: str = "cpu",
     causal: bool = False,
     threads: int = 2,
     repeats: int = 5,
     warmup: int = 1,
-    timeout: float = 900,
 ) -> dict:
-    """Run one configuration in a new Python process and return its row (see ``FIELDS``)."""
+    """The full configuration of one measurement; ``size`` is N (language) or the side (vision)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    config = dict(
-        method=method, N=N, B=B, H=H, d=d, dtype=dtype, device=device, causal=causal,
-        threads=threads, repeats=repeats, warmup=warmup,
-    )  # fmt: skip
+    if kind == "language":
+        H = 4 if H is None else H
+        d = 64 if d is None else d
+        config = dict(N=size, side="", C="", H=H, d=d)
+    else:
+        H = 3 if H is None else H
+        C = 96 if C is None else C
+        if C % H != 0:
+            raise ValueError(f"C must be divisible by the number of heads H, got C={C}, H={H}")
+        config = dict(N=size * size, side=size, C=C, H=H, d=C // H)
+    config.update(
+        method=method,
+        kind=kind,
+        B=B,
+        dtype=dtype,
+        device=device,
+        causal=causal,
+        threads=threads,
+        repeats=repeats,
+        warmup=warmup,
+    )
+    return config
+
+
+def estimated_bytes(config: dict) -> int:
+    """A rough upper estimate of the memory one configuration needs, to skip what cannot fit.
+
+    Dense attention holds two ``N x N`` score buffers per head in float32; every method holds
+    its inputs and output. Other methods are assumed to need no more than a few times their inputs.
+    """
+    B, H, N = config["B"], config["H"], config["N"]
+    width = config["d"] * H if config["kind"] == "language" else config["C"]
+    io_bytes = 8 * B * N * width * 4  # q, k, v, out and projections, float32
+    if config["method"] == "dense":
+        return 2 * B * H * N * N * 4 + io_bytes
+    return io_bytes
+
+
+def available_bytes() -> int:
+    """Memory the system can still give (``MemAvailable`` of /proc/meminfo), or a large number elsewhere."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
+def measure_in_fresh_process(
+    method: str, N: int, *, timeout: float = 900, max_bytes: int | None = None, **options
+) -> dict:
+    """Run one configuration in a new Python process and return its row (see ``FIELDS``).
+
+    ``N`` is the sequence length (``kind="language"``) or the side of the square map
+    (``kind="vision"``); ``options`` are those of :func:`run`.
+    """
+    return _measure_config(_config(method, N, **options), timeout=timeout, max_bytes=max_bytes)
+
+
+def _measure_config(config: dict, *, timeout: float, max_bytes: int | None) -> dict:
+    row = {key: config[key] for key in CONFIG_FIELDS}
+    limit = int(0.8 * available_bytes()) if max_bytes is None else max_bytes
+    need = estimated_bytes(config)
+    if need > limit:
+        row.update(
+            median_s=math.nan,
+            peak_mib=math.nan,
+            status="skipped",
+            error=f"estimated {need / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB available",
+        )
+        return row
     command = [sys.executable, "-m", "attnlib.bench", "_worker", json.dumps(config)]
     try:
         completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        result = {"median_s": math.nan, "peak_mib": math.nan, "error": f"timeout after {timeout} s"}
+        result = {"median_s": math.nan, "peak_mib": math.nan, "status": "error", "error": f"timeout after {timeout} s"}
     else:
         if completed.returncode != 0:
             last_line = (completed.stderr.strip().splitlines() or [f"exit code {completed.returncode}"])[-1]
-            result = {"median_s": math.nan, "peak_mib": math.nan, "error": last_line}
+            result = {"median_s": math.nan, "peak_mib": math.nan, "status": "error", "error": last_line}
         else:
             result = json.loads(completed.stdout.strip().splitlines()[-1])
-    row = {key: config[key] for key in FIELDS if key in config}
     row.update(result)
     return row
+
+
+def _key(row: dict) -> tuple:
+    """What identifies a configuration in a CSV (numbers compared as text, as they are stored)."""
+    return tuple(str(row.get(field, "")) for field in CONFIG_FIELDS)
+
+
+def check_writable(out: str | Path) -> Path:
+    """Fail before measuring anything if ``out`` cannot be written (a folder, a read-only place)."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"out must be a file path, got the folder {str(out)!r}")
+    parent = out.parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"out cannot be written: {str(existing)!r} is not a writable folder")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ValueError(f"out cannot be written: {str(out)!r} is read-only")
+    return out
+
+
+def machine_description() -> str:
+    """CPU model, cores, torch version and GPU (where there is one), for the header of a result file."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    parts = [cpu, f"{os.cpu_count()} cores", f"torch {torch.__version__}"]
+    if torch.cuda.is_available():
+        parts.append(f"GPU {torch.cuda.get_device_name(0)}")
+    return ", ".join(parts)
 
 
 def run(
@@ -215,52 +372,100 @@ def run(
     *,
     out: str | Path | None = None,
     progress: bool = True,
+    resume: bool = True,
+    max_bytes: int | None = None,
+    timeout: float = 900,
     **options,
 ) -> list[dict]:
     """Measure every method at every size, one fresh process each, in one run.
 
-    Sizes run in the outer loop so that all methods at one size are measured
-    close together in time. Returns the rows, and writes them as CSV to ``out``.
+    ``options``: ``kind`` ("language" or "vision"), ``B``, ``H`` (heads), ``d`` (head dim,
+    language), ``C`` (channels, vision), ``dtype``, ``device``, ``causal``, ``threads``,
+    ``repeats``, ``warmup``. Sizes run in the outer loop so that all methods at one size are
+    measured close together in time. With ``out``, each row is written as soon as it is
+    measured, and rows already in ``out`` for the same configuration are kept and not measured
+    again (``resume=False`` starts the file afresh). Returns the rows of this run's configurations.
     """
     from tqdm.auto import tqdm
 
     from . import registry
 
+    kind = options.get("kind", "language")
     for name in methods:
-        registry.get(name)  # fail early on an unknown name
-    jobs = [(N, name) for N in sizes for name in methods]
-    rows = []
-    for N, name in tqdm(jobs, desc="bench", disable=not progress):
-        rows.append(measure_in_fresh_process(name, N, **options))
+        _check_method(registry.get(name), kind)  # fail early on an unknown or unsuitable name
+    configs = [_config(name, size, **options) for size in sizes for name in methods]
+    done: dict[tuple, dict] = {}
     if out is not None:
-        write_results(rows, out)
+        out = check_writable(out)
+        if resume and out.exists():
+            done = {_key(row): row for row in _read_raw(out) if row.get("status", "ok") in ("ok", "skipped")}
+    rows = []
+    bar = tqdm(configs, desc="bench", disable=not progress)
+    for config in bar:
+        key = _key(config)
+        if key in done:
+            rows.append(read_row(done[key]))
+            continue
+        bar.set_postfix_str(f"{config['method']} N={config['N']}")
+        row = _measure_config(config, timeout=timeout, max_bytes=max_bytes)
+        rows.append(row)
+        if out is not None:
+            done[key] = row
+            _write_atomically(list(done.values()), out)
     return rows
 
 
-def write_results(rows: list[dict], out: str | Path) -> None:
-    out = Path(out)
+def _check_method(method, kind: str) -> None:
+    if kind == "vision" and method.make_mixer is None:
+        raise ValueError(f"method {method.name!r} has no vision mixer (make_mixer) and cannot run with kind='vision'")
+    if kind == "language" and method.attention is None:
+        raise ValueError(f"method {method.name!r} has no attention kernel and cannot run with kind='language'")
+
+
+def _write_atomically(rows: list[dict], out: Path) -> None:
+    """Write every row to ``out`` through a temporary file and a rename: never half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.date.today().isoformat()
-    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
-    with out.open("w", newline="") as handle:
-        handle.write(f"# measured {stamp} on {machine}, torch {torch.__version__}\n")
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with temporary.open("w", newline="") as handle:
+        handle.write(f"# measured {datetime.date.today().isoformat()} on {machine_description()}\n")
+        writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(temporary, out)
+
+
+def write_results(rows: list[dict], out: str | Path) -> None:
+    """Write ``rows`` as a CSV with a header line naming the date and the machine."""
+    _write_atomically(rows, Path(out))
+
+
+def _read_raw(path: str | Path) -> list[dict]:
+    with Path(path).open() as handle:
+        lines = [line for line in handle if not line.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+def read_row(row: dict) -> dict:
+    """One CSV row with its numbers converted back (older files without kind/side/C/status read as language rows)."""
+    row = dict(row)
+    row.setdefault("kind", "language")
+    for key in ("N", "B", "H", "d", "threads"):
+        row[key] = int(row[key])
+    for key in ("side", "C"):
+        row[key] = int(row[key]) if row.get(key) not in (None, "") else None
+    row["causal"] = str(row["causal"]) == "True"
+    for key in ("median_s", "peak_mib"):
+        value = row[key]
+        row[key] = float(value) if value not in ("", "nan", None) else math.nan
+    row["error"] = row.get("error") or ""
+    if not row.get("status"):
+        row["status"] = "error" if row["error"] else "ok"
+    return row
 
 
 def read_results(path: str | Path) -> list[dict]:
     """Rows of a CSV written by :func:`run`, numbers converted back."""
-    with Path(path).open() as handle:
-        lines = [line for line in handle if not line.startswith("#")]
-    rows = list(csv.DictReader(lines))
-    for row in rows:
-        for key in ("N", "B", "H", "d", "threads"):
-            row[key] = int(row[key])
-        row["causal"] = row["causal"] == "True"
-        for key in ("median_s", "peak_mib"):
-            row[key] = float(row[key]) if row[key] not in ("", "nan") else math.nan
-    return rows
+    return [read_row(row) for row in _read_raw(path)]
 
 
 def results_path(name: str) -> Path:
@@ -294,7 +499,7 @@ def plot(rows: list[dict], *, out: str | Path | None = None, title: str = ""):
     for axis, label in ((time_axis, "time [ms]"), (memory_axis, "peak memory [MiB]")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
-        axis.set_xlabel("N")
+        axis.set_xlabel("N (tokens)")
         axis.set_ylabel(label)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
@@ -306,53 +511,139 @@ def plot(rows: list[dict], *, out: str | Path | None = None, title: str = ""):
     return figure
 
 
-def main(argv=None) -> int:
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _size_list(text: str) -> list[int]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected comma-separated positive integers, got nothing")
+    return [_positive_int(part) for part in parts]
+
+
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu or cuda, got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"only cpu and cuda can be measured, got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r} was asked for, but this machine has no CUDA GPU")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attnlib.bench", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="measure registered methods against N")
-    run_parser.add_argument("--methods", required=True, help="comma-separated registry names, e.g. dense,sdpa")
-    run_parser.add_argument("--sizes", default="1024,2048,4096,8192,16384", help="comma-separated N")
-    run_parser.add_argument("--out", required=True, help="CSV file to write")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,plot}")
+    run_parser = commands.add_parser("run", help="measure registered methods against N (or the map side)")
+    run_parser.add_argument(
+        "--kind",
+        default="language",
+        choices=KINDS,
+        help="language: attention kernels on N tokens; vision: token mixers on side x side maps",
+    )
+    run_parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated registry names, e.g. dense,sdpa (default: every method of the kind)",
+    )
+    run_parser.add_argument(
+        "--sizes",
+        type=_size_list,
+        help="comma-separated N (language, default 1024..16384) or sides (vision, default 28..112)",
+    )
+    run_parser.add_argument("--out", required=True, help="CSV file: rows are appended as they finish, and resumed")
+    run_parser.add_argument("--restart", action="store_true", help="measure everything again instead of resuming")
     run_parser.add_argument("--plot", help="also write a log-log PNG here")
-    run_parser.add_argument("--batch", type=int, default=1)
-    run_parser.add_argument("--heads", type=int, default=4)
-    run_parser.add_argument("--head-dim", type=int, default=64)
+    run_parser.add_argument("--batch", type=_positive_int, default=1)
+    run_parser.add_argument("--heads", type=_positive_int, help="heads (default 4 for language, 3 for vision)")
+    run_parser.add_argument("--head-dim", type=_positive_int, default=64, help="language only")
+    run_parser.add_argument("--channels", type=_positive_int, default=96, help="vision only: C")
     run_parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    run_parser.add_argument("--device", default="cpu")
+    run_parser.add_argument("--device", type=_device, default="cpu")
     run_parser.add_argument("--causal", action="store_true")
-    run_parser.add_argument("--threads", type=int, default=2)
-    run_parser.add_argument("--repeats", type=int, default=5)
+    run_parser.add_argument("--threads", type=_positive_int, default=2)
+    run_parser.add_argument("--repeats", type=_positive_int, default=5)
+    run_parser.add_argument("--max-memory-gib", type=float, help="skip configurations estimated above this")
     plot_parser = commands.add_parser("plot", help="plot a CSV written by 'run'")
     plot_parser.add_argument("csv")
     plot_parser.add_argument("--out", required=True)
-    worker = commands.add_parser("_worker", help=argparse.SUPPRESS)
+    worker = commands.add_parser("_worker")
     worker.add_argument("config")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv=None) -> int:
+    from . import registry
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "_worker":
         print(json.dumps(_measure_here(json.loads(args.config))))
         return 0
     if args.command == "plot":
         plot(read_results(args.csv), out=args.out)
         return 0
-    rows = run(
-        [name.strip() for name in args.methods.split(",")],
-        [int(n) for n in args.sizes.split(",")],
-        out=args.out,
+
+    kind = args.kind
+    if args.methods is None:
+        names = [m.name for m in registry.METHODS if (m.make_mixer if kind == "vision" else m.attention)]
+    else:
+        names = [name.strip() for name in args.methods.split(",") if name.strip()]
+        if not names:
+            parser.error(f"--methods: expected comma-separated registry names, got {args.methods!r}")
+    for name in names:
+        try:
+            _check_method(registry.get(name), kind)
+        except ValueError as error:
+            parser.error(f"--methods: {error}")
+    sizes = args.sizes or ([28, 56, 84, 112] if kind == "vision" else [1024, 2048, 4096, 8192, 16384])
+    heads = args.heads or (3 if kind == "vision" else 4)
+    if kind == "vision" and args.channels % heads != 0:
+        parser.error(f"--channels must be divisible by --heads, got {args.channels} and {heads}")
+    try:
+        check_writable(args.out)
+    except ValueError as error:
+        parser.error(f"--out: {error}")
+    options = dict(
+        kind=kind,
         B=args.batch,
-        H=args.heads,
-        d=args.head_dim,
+        H=heads,
         dtype=args.dtype,
         device=args.device,
         causal=args.causal,
         threads=args.threads,
         repeats=args.repeats,
     )
+    if kind == "vision":
+        options["C"] = args.channels
+    else:
+        options["d"] = args.head_dim
+    max_bytes = None if args.max_memory_gib is None else int(args.max_memory_gib * 2**30)
+    try:
+        rows = run(names, sizes, out=args.out, resume=not args.restart, max_bytes=max_bytes, **options)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: the finished rows are in {args.out}; run the same command again to resume", file=sys.stderr
+        )
+        return 130
     if args.plot:
         plot(rows, out=args.plot)
     for row in rows:
         status = row["error"] or f"{row['median_s'] * 1e3:9.2f} ms  {row['peak_mib']:9.2f} MiB"
-        print(f"{row['method']:>10}  N={row['N']:>6}  {status}")
+        print(f"{row['method']:>12}  N={row['N']:>6}  {row['status']:>7}  {status}")
+    failed = [row for row in rows if row["status"] == "error"]
+    if failed:
+        print(f"{len(failed)} of {len(rows)} configurations failed", file=sys.stderr)
+        return 1
     return 0
 
 
