@@ -4,8 +4,8 @@ Papers: Dao et al., "FlashAttention: Fast and Memory-Efficient Exact Attention w
 IO-Awareness", NeurIPS 2022 (arXiv 2205.14135), and Dao, "FlashAttention-2: Faster
 Attention with Better Parallelism and Work Partitioning", 2023 (arXiv 2307.08691).
 "Alg. 1" and "Alg. 2" below are FlashAttention-2's forward and backward algorithms (line
-numbers as printed in the paper). Chapter: "FlashAttention"
-(chapters/*/10_flash_attention.ipynb); the PyTorch version of the
+numbers as printed in the paper; chapter 10 restates both as numbered listings). Chapter:
+"FlashAttention in Triton" (chapters/*/11_flash_triton.ipynb); the PyTorch version of the
 same tiling is :mod:`attnlib.optim.flash`, whose ``flash_attention(..., backend="auto")``
 calls this module on demand.
 
@@ -38,21 +38,23 @@ The tiling in pseudo-code (one row block of queries, Alg. 1)
         O_i = acc / l                                    # normalize once, at the end
         L_i = m + log(l)                                 # saved for the backward
 
-    backward, with D = rowsum(dO * O) (Alg. 2, line 4):
+    backward, with Delta = rowsum(dO * O) (Alg. 2, line 4, where the paper calls it D):
         for each key block j (one program each):         # dK_j, dV_j without atomics
             for each query block i that sees it:
                 P = exp(Q_i K_j^T * scale - L_i)         # recomputed, never stored
                 dV_j += P^T dO_i
                 dP = dO_i V_j^T
-                dS = P * (dP - D_i)
+                dS = P * (dP - Delta_i)
                 dK_j += dS^T Q_i * scale
         for each query block i (one program each):      # dQ_i, again without atomics
             for each key block j it sees:
                 P, dP, dS as above;  dQ_i += dS K_j * scale
 
-FlashAttention-2 computes dQ inside the dK/dV loop with atomic adds; like the Triton
-tutorial (06) we use a second kernel instead, which recomputes ``P`` once more but needs no
-atomics and is deterministic.
+FlashAttention-2 adds dQ into HBM inside the dK/dV loop with atomic adds. The Triton
+tutorial (06) avoids atomics with one kernel launch plus the preprocessing: each program
+computes dK/dV for a key block, then dQ for a query block. We run the same two loops as two
+launches (a dK/dV kernel and a dQ kernel), so that each has its own grid and tiles; the dQ
+loop recomputes ``P`` once more, as the tutorial's does. No atomics: deterministic.
 
 Two details of the kernels
 --------------------------
@@ -82,7 +84,7 @@ Conventions (those of :mod:`attnlib.reference`)
   ``x.view(B, N, H, d).transpose(1, 2)`` are read in place, without ``.contiguous()``.
   Outputs are freshly allocated and contiguous.
 * dtypes: float32 and float16 everywhere, bfloat16 on GPUs of compute capability 8.0 or
-  newer (and in the interpreter, see below). float32 inputs use exact IEEE float32 products
+  newer (and in the interpreter, see below). float32 inputs use IEEE-rounded float32 products
   in ``tl.dot`` (not TF32), so they match the reference to ~1e-6; float16/bfloat16 use tensor
   cores with float32 accumulation.
 
@@ -134,7 +136,7 @@ LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)); the kernels w
 # --------------------------------------------------------------------------------------
 # Two compile-time settings shared by the kernels
 # --------------------------------------------------------------------------------------
-# tl.dot's precision for float32 inputs: "ieee" gives exact float32 products, so the float32
+# tl.dot's precision for float32 inputs: "ieee" rounds products and sums as IEEE float32, so the float32
 # kernels match the reference to ~1e-6; a GPU's default, TF32, keeps 10 mantissa bits (~1e-3).
 # float16/bfloat16 inputs ignore it: they always use tensor cores with a float32 accumulator.
 DOT_PRECISION = tl.constexpr("ieee")
@@ -306,9 +308,9 @@ def _bwd_preprocess_kernel(
     H, N_Q,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
-    """Alg. 2, line 4: D_i = rowsum(dO_i * O_i). Grid = (cdiv(N_Q, BLOCK_M), B * H).
+    """Alg. 2, line 4: Delta_i = rowsum(dO_i * O_i) (the paper's D_i). Grid = (cdiv(N_Q, BLOCK_M), B * H).
 
-    D is the row-wise ``sum_j P_ij dP_ij`` that softmax's backward needs, computed from the
+    Delta is the row-wise ``sum_j P_ij dP_ij`` that softmax's backward needs, computed from the
     outputs instead of from P (which we do not have).
     """
     pid_m = tl.program_id(0)
@@ -350,7 +352,7 @@ def _bwd_dkdv_tiles(
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m  # (BLOCK_M,) query indices
-        # Alg. 2, line 9: load Q_i, dO_i, L_i, D_i.
+        # Alg. 2, line 9: load Q_i, dO_i, L_i, Delta_i.
         if MASKED:
             row_ok = rows < N_Q  # (BLOCK_M,)
             q = tl.load(q_ptrs + start_m * stride_qm, mask=row_ok[:, None], other=0.0)  # (BLOCK_M, HEAD_DIM)
@@ -378,7 +380,7 @@ def _bwd_dkdv_tiles(
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)  # (BLOCK_N, HEAD_DIM)
         # Alg. 2, line 13: dP^T = V_j dO_i^T.
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
-        # Alg. 2, line 14: dS = P * (dP - D), the softmax backward.
+        # Alg. 2, line 14: dS = P * (dP - Delta), the softmax backward.
         ds_t = p_t * (dp_t - delta[None, :])  # (BLOCK_N, BLOCK_M)
         # Alg. 2, line 16: dK_j += dS^T Q_i (times the scale, applied once at the end).
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)  # (BLOCK_N, HEAD_DIM)
@@ -485,7 +487,7 @@ def _flash_bwd_dkdv_kernel(
 @triton.jit
 def _bwd_dq_tiles(
     dq,  # (BLOCK_M, HEAD_DIM) float32 accumulator
-    q, do, lse, delta,  # this program's queries, output gradients, L and D (log2 units for L)
+    q, do, lse, delta,  # this program's queries, output gradients, L and Delta (log2 units for L)
     k_ptrs, v_ptrs,  # (BLOCK_N, HEAD_DIM) pointers to the first key/value tile of the kv head
     stride_kn, stride_vn,
     lo, hi,  # key range [lo, hi), lo a multiple of BLOCK_N
@@ -514,7 +516,7 @@ def _bwd_dq_tiles(
                 allowed = allowed & (cols[None, :] <= offs_m[:, None] + causal_offset)
             s = tl.where(allowed, s, float("-inf"))  # masked: P = exp2(-inf) = 0
         p = tl.math.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N)
-        # Alg. 2, lines 13-14: dP = dO V^T, dS = P * (dP - D).
+        # Alg. 2, lines 13-14: dP = dO V^T, dS = P * (dP - Delta).
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])  # (BLOCK_M, BLOCK_N)
         # Alg. 2, line 15: dQ_i += dS K_j (times the scale, at the end).
@@ -793,7 +795,7 @@ def flash_backward(do, q, k, v, out, lse, causal: bool = False, scale: float | N
                    block_m=None, block_n=None):  # fmt: skip
     """FlashAttention backward: ``(dq, dk, dv)`` from the forward's ``out`` and ``lse``.
 
-    Runs three kernels: :func:`_bwd_preprocess_kernel` (``D = rowsum(dO * O)``),
+    Runs three kernels: :func:`_bwd_preprocess_kernel` (``Delta = rowsum(dO * O)``),
     :func:`_flash_bwd_dkdv_kernel` (one program per key block) and
     :func:`_flash_bwd_dq_kernel` (one program per query block). No atomics: the result is
     deterministic. ``dk, dv`` have ``H_kv`` heads: a shared key/value head receives the sum
