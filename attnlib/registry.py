@@ -156,6 +156,23 @@ METHODS: list[Method] = [
         bench_kwargs={"backend": "torch", "block_q": 256, "block_k": 512},
     ),
     Method(
+        name="ring",
+        title="Ring attention (sequence split across ranks, exact)",
+        category="computation optimization",
+        domain="any",
+        paper="Liu, Zaharia, Abbeel, Ring Attention with Blockwise Transformers for Near-Infinite Context, ICLR 2024",
+        url="https://arxiv.org/abs/2310.01889",
+        time_cost="O(N^2 d / P) per rank, P ranks; P - 1 hops of O(N d / P) key/value bytes each",
+        memory_cost="O(N / P) per rank (shards, two key/value buffers, FlashAttention tiles)",
+        # the one-process simulation of the schedule (same blocks and merges, no communication):
+        # ring_attention itself needs a process group, see the chapter and benchmarks/ring_cpu.py
+        attention="attnlib.optim.ring:simulated_ring_attention",
+        module="attnlib.reference:MultiHeadSelfAttention",
+        pattern=None,
+        chapter="15_ring_attention.ipynb",
+        bench_kwargs={"world_size": 4, "layout": "zigzag"},
+    ),
+    Method(
         name="pvt",
         title="PVT spatial-reduction attention",
         category="sparsification",
@@ -170,6 +187,40 @@ METHODS: list[Method] = [
         pattern="attnlib.sparse.pvt:pvt_key_cells",
         chapter="03_pvt.ipynb",
         make_mixer="attnlib.sparse.pvt:pvt_mixer",
+    ),
+    Method(
+        name="swin",
+        title="Swin shifted-window attention (W-MSA / SW-MSA)",
+        category="sparsification",
+        domain="vision",
+        paper="Liu et al., Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, ICCV 2021",
+        url="https://arxiv.org/abs/2103.14030",
+        time_cost="O(N M^2 C + N C^2), M = window side (7 here)",
+        memory_cost="O(N M^2) scores (windows of M^2 x M^2)",
+        attention=None,  # swin_attention needs the map's height and width: see the module
+        module="attnlib.sparse.swin:SwinWindowAttention2d",
+        # swin_pattern(height, width, window_size, shift_size) -> (N, N)
+        pattern="attnlib.sparse.swin:swin_pattern",
+        chapter="01_swin.ipynb",
+        # the shifted layer (SW-MSA), window 7, shift 3
+        make_mixer="attnlib.sparse.swin:swin_mixer",
+    ),
+    Method(
+        name="maxvit",
+        title="MaxViT block and grid attention",
+        category="sparsification",
+        domain="vision",
+        paper="Tu et al., MaxViT: Multi-Axis Vision Transformer, ECCV 2022",
+        url="https://arxiv.org/abs/2204.01697",
+        time_cost="O(N P^2 C + N C^2), P = block or grid side (7 here)",
+        memory_cost="O(N P^2) scores (groups of P^2 x P^2)",
+        attention=None,  # block_attention / grid_attention need the map's height and width
+        module="attnlib.sparse.maxvit:MaxViTPartitionAttention2d",
+        # maxvit_pattern(height, width, partition_type, partition_size) -> (N, N)
+        pattern="attnlib.sparse.maxvit:maxvit_pattern",
+        chapter="02_maxvit.ipynb",
+        # one grid layer, G = 7
+        make_mixer="attnlib.sparse.maxvit:maxvit_mixer",
     ),
     Method(
         name="dat",
