@@ -1,0 +1,347 @@
+"""DAT deformable attention: every query attends to keys sampled at a few learned, data-dependent points.
+
+Xia et al., "Vision Transformer with Deformable Attention", CVPR 2022, arXiv:2201.00520,
+Sec. 3.2-3.3, Eq. (7)-(9); official module ``DAttentionBaseline`` (``models/dat_blocks.py``).
+Chapter: "DAT" (chapters/*/04_dat.ipynb).
+
+Contract
+--------
+:class:`DeformableAttention` maps ``x: (B, H, W, C)`` to the same shape. With ``g`` offset groups
+and a downsampling factor ``r`` (the official ``stride``):
+
+    p          = uniform reference grid of Hk x Wk = ceil(H / r) x ceil(W / r) points
+    q          = x W_q,   dp = s * tanh(theta_offset(q)) * (1 / Hk, 1 / Wk)     Eq. (7)
+    x~         = phi(x; p + dp)          bilinear sampling at the deformed points   Eq. (8)
+    k~ = x~ W_k,  v~ = x~ W_v
+    z^(m)      = sigma(q^(m) k~^(m)T / sqrt(d) + phi(B^; R)) v~^(m)                Eq. (9)
+    z          = Concat(z^(0), ..., z^(nh-1)) W_o
+
+``theta_offset`` (``conv_offset``) is a depthwise convolution (kernel ``k``, stride ``r``,
+padding ``k // 2``), LayerNorm over channels, GELU and a 1 x 1 convolution to 2 channels
+(the offsets in y and x); it runs on each group's ``C / g`` query channels with shared weights,
+so the ``nh / g`` heads of a group share one set of points. ``phi(B^; R)`` is the relative
+position bias: a learned table ``rpe_table: (nh, 2H - 1, 2W - 1)`` interpolated bilinearly at
+the displacement ``R`` between each query and each deformed point. Each query attends to
+``Ns = Hk * Wk`` keys, so the scores are ``(N, Ns)``, never ``(N, N)``.
+
+Conventions (the CVPR 2022 release of the official code; we say where we read it)
+---------------------------------------------------------------------------------
+* Coordinates are normalized to ``[-1, 1]`` as ``grid_sample`` expects, stored ``(y, x)`` and
+  flipped to ``(x, y)`` for ``grid_sample``. Reference point ``i`` of ``Hk`` sits at
+  ``(i + 0.5) / Hk * 2 - 1`` (the centre of cell ``i``), and the sampling uses
+  ``align_corners=True``, which maps ``-1`` and ``1`` to the centres of the first and last
+  pixel. The two conventions are mixed in the official code, so a zero offset samples at pixel
+  ``(i + 0.5) / Hk * (H - 1)``, near but not at the cell centre ``(i + 0.5) * H / Hk - 0.5``;
+  we keep it. (The later DAT++ release divides by ``Hk - 1`` instead.)
+* Offsets: ``tanh``, times ``(1 / Hk, 1 / Wk)``, times ``offset_range_factor`` ``s`` (> 0): a
+  point moves at most ``s / 2`` reference-grid spacings. Points outside the map read zeros
+  (``grid_sample``'s zero padding).
+* Queries' positions for the bias use the same cell-centre normalization over the ``H x W``
+  pixels; the displacement ``(query - point) / 2`` lies in ``[-1, 1]`` and indexes the table
+  with ``align_corners=True`` (the table's centre is displacement 0).
+* The official module uses 1 x 1 convolutions ``proj_q``, ``proj_k``, ``proj_v``, ``proj_out``
+  on ``(B, C, H, W)``; we use ``nn.Linear`` layers of the same names on ``(B, H, W, C)`` (the
+  same maps). Keys and values are projected *after* sampling ``x``, as there.
+* **H or W not divisible by r**: the official code does not pad: the offset convolution
+  (padding ``k // 2``, odd ``k``) gives ``ceil(H / r) x ceil(W / r)`` points, and
+  ``grid_sample`` reads any map size. We do the same. ``r`` larger than the map is refused
+  (``ValueError``), as is a map of another size than the one the bias table was built for
+  (the official code's reshape fails there too).
+
+Shape legend
+------------
+    B     batch             H, W   map height and width     C   channels     N = H * W queries
+    nh    heads             d      head dim = C / nh        g   offset groups, Cg = C / g, hg = nh / g
+    r     stride            Hk, Wk reference grid = ceil(H / r), ceil(W / r)  Ns = Hk * Wk sampled keys
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_positive_int, check_tensor
+
+__all__ = [
+    "reference_points",
+    "bounded_offsets",
+    "sample_at",
+    "bilinear_weights",
+    "relative_position_bias",
+    "deformable_attention",
+    "DeformableAttention",
+    "dat_mixer",
+]
+
+
+def reference_points(rows: int, cols: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``(rows, cols, 2)`` normalized ``(y, x)`` of a uniform grid: ``(i + 0.5) / rows * 2 - 1``.
+
+    The official ``_get_ref_points`` (CVPR 2022 release): the reference points for ``(Hk, Wk)``,
+    and the query positions of the bias for ``(H, W)``.
+    """
+    check_positive_int("rows", rows)
+    check_positive_int("cols", cols)
+    ys = (torch.arange(rows, dtype=dtype, device=device) + 0.5) / rows * 2 - 1  # (rows,)
+    xs = (torch.arange(cols, dtype=dtype, device=device) + 0.5) / cols * 2 - 1  # (cols,)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # each (rows, cols)
+    return torch.stack((grid_y, grid_x), dim=-1)  # (rows, cols, 2)
+
+
+def bounded_offsets(raw: torch.Tensor, offset_range_factor: float) -> torch.Tensor:
+    """Eq. (7)'s bound: raw ``(..., 2, Hk, Wk)`` -> ``s * tanh(raw) * (1 / Hk, 1 / Wk)``, ``(..., Hk, Wk, 2)``."""
+    Hk, Wk = raw.shape[-2:]
+    offset_range = torch.tensor([1.0 / Hk, 1.0 / Wk], dtype=raw.dtype, device=raw.device)  # (2,)
+    return raw.movedim(-3, -1).tanh() * offset_range * offset_range_factor  # (..., Hk, Wk, 2)
+
+
+def sample_at(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Eq. (8): bilinear sampling of ``(Bg, Cg, H, W)`` features at ``(Bg, Hk, Wk, 2)`` normalized ``(y, x)``.
+
+    Returns ``(Bg, Cg, Hk, Wk)``. ``align_corners=True`` and zero padding, as the official code.
+    """
+    return F.grid_sample(features, positions.flip(-1), mode="bilinear", align_corners=True)  # (Bg, Cg, Hk, Wk)
+
+
+def bilinear_weights(positions: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The pattern: ``(..., Ns, 2)`` normalized ``(y, x)`` -> ``(..., Ns, H * W)`` bilinear weights over pixels.
+
+    Row ``n`` holds the weights with which sampled point ``n`` mixes the input pixels
+    (at most four non-zero, summing to 1 inside the map; fewer outside, which reads zeros).
+    ``sample_at(f, p)`` equals ``bilinear_weights(p) @ f`` per channel. For figures and tests.
+    """
+    py = (positions[..., 0] + 1) / 2 * (height - 1)  # (..., Ns) pixel rows, align_corners=True
+    px = (positions[..., 1] + 1) / 2 * (width - 1)  # (..., Ns)
+    y0, x0 = py.floor(), px.floor()
+    weights = positions.new_zeros(*positions.shape[:-1], height * width)  # (..., Ns, N)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            y, x = y0 + dy, x0 + dx
+            w = (1 - (py - y).abs()) * (1 - (px - x).abs())  # (..., Ns) bilinear weight of this corner
+            inside = (y >= 0) & (y <= height - 1) & (x >= 0) & (x <= width - 1)
+            index = (y.clamp(0, height - 1) * width + x.clamp(0, width - 1)).long()  # (..., Ns)
+            weights.scatter_add_(-1, index[..., None], (w * inside)[..., None])
+    return weights  # (..., Ns, N)
+
+
+def relative_position_bias(
+    rpe_table: torch.Tensor, query_positions: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """``phi(B^; R)`` of Eq. (9): the table interpolated at each query-to-point displacement.
+
+    Args:
+        rpe_table: ``(nh, 2H - 1, 2W - 1)`` learned bias.
+        query_positions: ``(N, 2)`` normalized ``(y, x)`` of the queries.
+        positions: ``(B, g, Ns, 2)`` normalized ``(y, x)`` of the deformed points.
+
+    Returns ``(B, nh, N, Ns)``; head ``m`` reads its group's points ``m // (nh / g)``.
+    """
+    B, g, Ns, _ = positions.shape
+    nh = rpe_table.shape[0]
+    # (query - point) / 2 in (x, y) order for grid_sample; halve and flip the small tensors, not the big one
+    queries_xy = query_positions.flip(-1) * 0.5  # (N, 2)
+    points_xy = positions.flip(-1) * 0.5  # (B, g, Ns, 2)
+    displacement = queries_xy[None, None, :, None, :] - points_xy[:, :, None, :, :]  # (B, g, N, Ns, 2)
+    table = rpe_table.view(1, g, nh // g, *rpe_table.shape[1:]).expand(B, -1, -1, -1, -1)  # (B, g, hg, 2H-1, 2W-1)
+    bias = F.grid_sample(
+        table.flatten(0, 1), displacement.flatten(0, 1), mode="bilinear", align_corners=True
+    )  # (B*g, hg, N, Ns)
+    return bias.view(B, nh, -1, Ns)  # (B, nh, N, Ns)
+
+
+def deformable_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    fused: bool = True,
+) -> torch.Tensor:
+    """Eq. (9): ``softmax(q k^T * scale + bias) v`` over the sampled keys.
+
+    ``q: (B, nh, N, d)``, ``k, v: (B, nh, Ns, d)``, ``bias: (B, nh, N, Ns)`` or None ->
+    ``(B, nh, N, d)``. The scores are ``(N, Ns)``. ``fused=True`` runs PyTorch's fused kernel
+    with the bias as an additive mask; ``fused=False`` writes softmax out. Same result.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, ndim=4)
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q must be (B, nh, N, d) and k, v (B, nh, Ns, d) with the same B, nh and d, "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)  # (B, nh, N, d)
+    scores = (q * scale) @ k.transpose(-2, -1)  # (B, nh, N, Ns)
+    if bias is not None:
+        scores = scores + bias
+    return scores.softmax(dim=-1) @ v  # (B, nh, N, d)
+
+
+class _LayerNormChannels(nn.Module):
+    """LayerNorm over the channels of a ``(B, C, H, W)`` map (the official ``LayerNormProxy``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+class DeformableAttention(nn.Module):
+    """DAT's deformable multi-head attention, ``x: (B, H, W, C) -> (B, H, W, C)`` (Eq. (7)-(9)).
+
+    Names as in the official ``DAttentionBaseline``: ``proj_q``, ``proj_k``, ``proj_v``,
+    ``proj_out``, ``conv_offset``, ``rpe_table``. The map size is fixed at construction
+    (the bias table depends on it). Chapter: chapters/*/04_dat.ipynb.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        height: int,
+        width: int,
+        *,
+        n_groups: int = 1,
+        stride: int = 8,
+        offset_range_factor: float = 2.0,
+        offset_kernel_size: int = 9,
+        use_pe: bool = True,
+    ):
+        super().__init__()
+        for name, value in (
+            ("dim", dim),
+            ("num_heads", num_heads),
+            ("height", height),
+            ("width", width),
+            ("n_groups", n_groups),
+            ("stride", stride),
+            ("offset_kernel_size", offset_kernel_size),
+        ):
+            check_positive_int(name, value)
+        if dim % num_heads != 0:
+            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        if num_heads % n_groups != 0:
+            raise ValueError(
+                f"num_heads must be divisible by n_groups (heads of a group share offsets), "
+                f"got num_heads={num_heads}, n_groups={n_groups}"
+            )
+        if offset_kernel_size % 2 == 0:
+            raise ValueError(
+                f"offset_kernel_size must be odd (padding k // 2 keeps the grid), got {offset_kernel_size}"
+            )
+        if isinstance(offset_range_factor, bool) or not isinstance(offset_range_factor, (int, float)):
+            raise TypeError(f"offset_range_factor must be a number, got {type(offset_range_factor).__name__}")
+        if not offset_range_factor > 0:
+            raise ValueError(f"offset_range_factor must be > 0, got {offset_range_factor!r}")
+        if stride > height or stride > width:
+            raise ValueError(
+                f"stride must be at most the map's height and width, got stride={stride} for a {height} x {width} map"
+            )
+        self.dim, self.num_heads, self.height, self.width = dim, num_heads, height, width
+        self.n_groups, self.stride, self.offset_range_factor = n_groups, stride, float(offset_range_factor)
+        self.head_dim = dim // num_heads
+        self.group_channels = dim // n_groups
+        self.scale = self.head_dim**-0.5
+        k = offset_kernel_size
+        self.conv_offset = nn.Sequential(  # theta_offset, shared by the groups
+            nn.Conv2d(self.group_channels, self.group_channels, k, stride, k // 2, groups=self.group_channels),
+            _LayerNormChannels(self.group_channels),
+            nn.GELU(),
+            nn.Conv2d(self.group_channels, 2, 1, 1, 0, bias=False),
+        )
+        self.proj_q = nn.Linear(dim, dim)
+        self.proj_k = nn.Linear(dim, dim)
+        self.proj_v = nn.Linear(dim, dim)
+        self.proj_out = nn.Linear(dim, dim)
+        self.use_pe = use_pe
+        if use_pe:
+            self.rpe_table = nn.Parameter(torch.zeros(num_heads, 2 * height - 1, 2 * width - 1))
+            nn.init.trunc_normal_(self.rpe_table, std=0.01)
+        else:
+            self.rpe_table = None
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, map={self.height}x{self.width}, n_groups={self.n_groups}, "
+            f"stride={self.stride}, offset_range_factor={self.offset_range_factor}, use_pe={self.use_pe}"
+        )
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """``(Hk, Wk)``: the reference grid, ``ceil(H / r) x ceil(W / r)``."""
+        return math.ceil(self.height / self.stride), math.ceil(self.width / self.stride)
+
+    def _check_input(self, x) -> None:
+        check_tensor("x", x, ndim=4)
+        if tuple(x.shape[1:]) != (self.height, self.width, self.dim):
+            raise ValueError(
+                f"x must be (B, H, W, C) = (B, {self.height}, {self.width}, {self.dim}) (the bias table is built "
+                f"for this map), got shape {tuple(x.shape)}"
+            )
+
+    def _positions(self, q: torch.Tensor):
+        """Deformed points ``(B, g, Hk, Wk, 2)`` and reference grid ``(Hk, Wk, 2)`` from queries ``(B, H, W, C)``."""
+        B, H, W, C = q.shape
+        g, Cg = self.n_groups, self.group_channels
+        q_groups = q.permute(0, 3, 1, 2).reshape(B * g, Cg, H, W)  # (B*g, Cg, H, W)
+        raw = self.conv_offset(q_groups)  # (B*g, 2, Hk, Wk)
+        Hk, Wk = raw.shape[-2:]
+        offsets = bounded_offsets(raw, self.offset_range_factor)  # (B*g, Hk, Wk, 2), Eq. (7)
+        reference = reference_points(Hk, Wk, dtype=q.dtype, device=q.device)  # (Hk, Wk, 2)
+        positions = reference + offsets  # (B*g, Hk, Wk, 2)
+        return positions.view(B, g, Hk, Wk, 2), reference
+
+    def sampling_positions(self, x: torch.Tensor):
+        """``(positions (B, g, Hk, Wk, 2), reference (Hk, Wk, 2))``, normalized ``(y, x)``, for ``x``."""
+        self._check_input(x)
+        return self._positions(self.proj_q(x))
+
+    def _qkv_bias(self, x: torch.Tensor):
+        B, H, W, C = x.shape
+        g, Cg, nh, d = self.n_groups, self.group_channels, self.num_heads, self.head_dim
+        q_map = self.proj_q(x)  # (B, H, W, C)
+        positions, _ = self._positions(q_map)  # (B, g, Hk, Wk, 2)
+        Hk, Wk = positions.shape[2:4]
+        x_groups = x.permute(0, 3, 1, 2).reshape(B * g, Cg, H, W)  # (B*g, Cg, H, W)
+        sampled = sample_at(x_groups, positions.flatten(0, 1))  # (B*g, Cg, Hk, Wk), Eq. (8)
+        sampled = sampled.view(B, C, Hk * Wk).transpose(1, 2)  # (B, Ns, C)
+        q = q_map.view(B, H * W, nh, d).transpose(1, 2)  # (B, nh, N, d)
+        k = self.proj_k(sampled).view(B, -1, nh, d).transpose(1, 2)  # (B, nh, Ns, d)
+        v = self.proj_v(sampled).view(B, -1, nh, d).transpose(1, 2)  # (B, nh, Ns, d)
+        bias = None
+        if self.use_pe:
+            query_positions = reference_points(H, W, dtype=x.dtype, device=x.device).view(H * W, 2)  # (N, 2)
+            bias = relative_position_bias(self.rpe_table, query_positions, positions.flatten(2, 3))  # (B, nh, N, Ns)
+        return q, k, v, bias
+
+    def forward(self, x: torch.Tensor, *, fused: bool = True) -> torch.Tensor:
+        self._check_input(x)
+        B, H, W, C = x.shape
+        q, k, v, bias = self._qkv_bias(x)
+        out = deformable_attention(q, k, v, bias, scale=self.scale, fused=fused)  # (B, nh, N, d), Eq. (9)
+        return self.proj_out(out.transpose(1, 2).reshape(B, H, W, C))  # (B, H, W, C)
+
+    @torch.no_grad()
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax weights ``(B, nh, N, Ns)`` of every query over the sampled keys (for figures)."""
+        self._check_input(x)
+        q, k, _, bias = self._qkv_bias(x)
+        scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, nh, N, Ns)
+        return (scores if bias is None else scores + bias).softmax(dim=-1)
+
+
+def dat_mixer(dim: int, num_heads: int, height: int, width: int) -> DeformableAttention:
+    """Registry factory: DAT deformable attention with stride ``r = 8`` and one offset group.
+
+    The setting of the first stage of the official DAT-Tiny configuration (stride 8, offset
+    kernel 9, one group) with the offset bound of the CVPR 2022 release (tanh, ``s = 2``).
+    """
+    return DeformableAttention(dim, num_heads, height, width, n_groups=1, stride=8, offset_kernel_size=9)
