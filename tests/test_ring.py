@@ -20,6 +20,15 @@ from attnlib.reference import attention, causal_mask
 TOLERANCE = 1e-5  # fp32, out, lse and gradients (the issue's target)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These inputs are tiny: one thread avoids waiting on a second one on a busy machine (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_qkv(B, H, H_kv, N_q, N_k, d, *, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, N_q, d, generator=g).to(dtype)
