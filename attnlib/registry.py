@@ -156,6 +156,23 @@ METHODS: list[Method] = [
         bench_kwargs={"backend": "torch", "block_q": 256, "block_k": 512},
     ),
     Method(
+        name="falcon",
+        title="Falcon: multi-query / grouped-query attention on FlashAttention, with a KV cache",
+        category="computation optimization",
+        domain="language",
+        paper="Almazrouei et al., The Falcon Series of Open Language Models, arXiv 2023",
+        url="https://arxiv.org/abs/2311.16867",
+        time_cost="O(N^2 d) per sequence; O(N d) per decoded token with the KV cache",
+        memory_cost="KV cache 2 L B H_kv N d elements (H_kv = 1: H times smaller than multi-head)",
+        # the attention kernel Falcon runs on; the model (attnlib.optim.falcon) has its own decoding benchmark,
+        # benchmarks/falcon_decode.py
+        attention="attnlib.optim.flash:flash_attention",
+        module="attnlib.optim.falcon:FalconForCausalLM",
+        pattern=None,
+        chapter="12_falcon.ipynb",
+        bench_kwargs={"backend": "torch", "block_q": 256, "block_k": 512},
+    ),
+    Method(
         name="ring",
         title="Ring attention (sequence split across ranks, exact)",
         category="computation optimization",
