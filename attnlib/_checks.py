@@ -14,6 +14,9 @@ Shape legend used throughout attnlib:
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -42,6 +45,12 @@ def check_qkv(q, k, v) -> tuple[int, int, int, int, int, int]:
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got q {q.device}, k {k.device}, v {v.device}")
     B, H, N_q, d = q.shape
+    if B == 0 or H == 0:
+        raise ValueError(
+            f"q must have at least one batch element and one head, got B={B}, H={H} (shape {tuple(q.shape)})"
+        )
+    if d == 0 or v.shape[3] == 0:
+        raise ValueError(f"the head dimension must be at least 1, got d={d} for q and d_v={v.shape[3]} for v")
     if k.shape[0] != B or v.shape[0] != B:
         raise ValueError(
             f"batch size mismatch: q has B={B}, k has B={k.shape[0]}, v has B={v.shape[0]} (expected equal)"
@@ -73,7 +82,7 @@ def check_mask(mask, batch_heads_queries_keys: tuple[int, int, int, int], device
     if mask.device != device:
         raise ValueError(f"mask must be on the device of q ({device}), got {mask.device}")
     target = batch_heads_queries_keys
-    if mask.ndim > 4 or mask.ndim < 2:
+    if mask.ndim > 4 or mask.ndim < 1:
         raise ValueError(f"mask must be broadcastable to (B, H, N_q, N_k) = {target}, got shape {tuple(mask.shape)}")
     padded = (1,) * (4 - mask.ndim) + tuple(mask.shape)
     for got, want in zip(padded, target):
@@ -93,3 +102,47 @@ def check_tokens(name: str, x, channels: int | None = None) -> None:
     check_tensor(name, x, ndim=3)
     if channels is not None and x.shape[-1] != channels:
         raise ValueError(f"{name} must have {channels} channels in its last dimension, got shape {tuple(x.shape)}")
+
+
+def check_flag(name: str, value) -> None:
+    """``value`` must be a real ``bool`` (not 0/1, not a string: ``causal='no'`` would be truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def resolve_scale(scale, default: float) -> float:
+    """The score scale as a float: ``default`` when ``scale`` is None, else a finite real number.
+
+    One rule for every function of attnlib: a Python int or float (not a bool, not a tensor),
+    finite. NaN or infinity would turn every output into NaN or zeros without a word.
+    """
+    if scale is None:
+        return float(default)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__} {scale!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale!r}")
+    return float(scale)
+
+
+def first_order_only(name: str):
+    """Decorate an ``autograd.Function.backward`` that computes first-order gradients only.
+
+    With ``create_graph=True`` (double backward, e.g. a gradient penalty) the backward would
+    run without recording a graph and the second-order terms would silently be missing; this
+    raises a clear error instead.
+    """
+
+    def decorate(backward):
+        @functools.wraps(backward)
+        def checked(ctx, *grads):
+            if torch.is_grad_enabled():
+                raise RuntimeError(
+                    f"{name} does not support double backward (create_graph=True, second-order gradients); "
+                    "use attnlib.reference.attention where you need them"
+                )
+            return backward(ctx, *grads)
+
+        return checked
+
+    return decorate

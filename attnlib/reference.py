@@ -34,7 +34,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_mask, check_positive_int, check_qkv, check_tokens
+from ._checks import check_flag, check_mask, check_positive_int, check_qkv, check_tensor, check_tokens, resolve_scale
 
 __all__ = [
     "attention",
@@ -60,6 +60,13 @@ def causal_mask(N_q: int, N_k: int, device=None) -> torch.Tensor:
 
 def expand_kv_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Repeat ``(B, H_kv, N, d)`` key/value heads to ``(B, H, N, d)`` (grouped-query attention)."""
+    check_tensor("x", x, ndim=4, floating=False)
+    check_positive_int("num_heads", num_heads)
+    if x.shape[1] == 0 or num_heads % x.shape[1] != 0:
+        raise ValueError(
+            f"num_heads must be a multiple of the key/value heads of x, got num_heads={num_heads} and "
+            f"x with H_kv={x.shape[1]} (shape {tuple(x.shape)})"
+        )
     group = num_heads // x.shape[1]
     return x if group == 1 else x.repeat_interleave(group, dim=1)
 
@@ -95,8 +102,9 @@ def attention(
     B, H, H_kv, N_q, N_k, d = check_qkv(q, k, v)
     if mask is not None:
         check_mask(mask, (B, H, N_q, N_k), q.device)
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
+    check_flag("causal", causal)
+    check_flag("return_lse", return_lse)
+    scale = resolve_scale(scale, 1.0 / math.sqrt(d))
 
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     k = expand_kv_heads(k, H)  # (B, H, N_k, d)
@@ -108,20 +116,24 @@ def attention(
     if causal:
         cmask = causal_mask(N_q, N_k, device=q.device)  # (N_q, N_k)
         allowed = cmask if allowed is None else allowed & cmask
+    empty_row = None
     if allowed is not None:
-        # The lowest finite value, not -inf: a row with every key masked then stays
-        # finite (uniform) inside softmax, and we zero its output below. With -inf
-        # it would be 0/0 = NaN, in the forward and in the gradients.
-        scores = scores.masked_fill_(~allowed, torch.finfo(compute_dtype).min)
+        # Masked keys score -inf, so they get exactly zero weight even next to an allowed score
+        # that overflowed to -inf itself (a fill value like finfo.min would sit *above* it).
+        scores = scores.masked_fill_(~allowed, float("-inf"))
+        # A row with no finite score (every key masked, or every allowed score -inf) has nothing
+        # to attend to: softmax would give 0/0 = NaN, in the forward and in the gradients. Such a
+        # row is scored 0 everywhere (finite), and its output is set to zeros below.
+        empty_row = scores.amax(dim=-1, keepdim=True) == float("-inf")  # (B, H, N_q, 1)
+        scores = scores.masked_fill(empty_row, 0.0)
     probs = torch.softmax(scores, dim=-1)  # (B, H, N_q, N_k)
     out = probs @ v.to(compute_dtype)  # (B, H, N_q, d_v)
-    if allowed is not None:
-        empty_row = ~allowed.any(dim=-1, keepdim=True)  # (..., N_q, 1): no key to attend to
+    if empty_row is not None:
         out = out.masked_fill(empty_row, 0.0)
     out = out.to(q.dtype)
     if return_lse:
         lse = torch.logsumexp(scores, dim=-1)  # (B, H, N_q)
-        if allowed is not None:
+        if empty_row is not None:
             lse = lse.masked_fill(empty_row.squeeze(-1), float("-inf"))
         return out, lse
     return out
@@ -148,12 +160,20 @@ def sdpa_attention(q, k, v, *, mask=None, causal=False, scale=None):
     B, H, H_kv, N_q, N_k, d = check_qkv(q, k, v)
     if mask is not None:
         check_mask(mask, (B, H, N_q, N_k), q.device)
+    check_flag("causal", causal)
+    scale = resolve_scale(scale, 1.0 / math.sqrt(d))
+    if mask is not None and mask.ndim == 1:
+        mask = mask[None, :]  # (1, N_k): SDPA wants at least two dimensions
     if causal:
         cmask = causal_mask(N_q, N_k, device=q.device)  # (N_q, N_k)
         mask = cmask if mask is None else mask & cmask
-    return torch.nn.functional.scaled_dot_product_attention(
+    out = torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, scale=scale, enable_gqa=H_kv != H
     )  # (B, H, N_q, d_v)
+    # SDPA's CPU kernels disagree on a query row holding NaN or infinity (zeros for short
+    # sequences, NaN for longer ones); attention() gives NaN there. So NaN here too. O(N d).
+    bad_query = ~torch.isfinite(q).all(dim=-1, keepdim=True)  # (B, H, N_q, 1)
+    return out.masked_fill(bad_query, float("nan"))  # (B, H, N_q, d_v)
 
 
 class MultiHeadSelfAttention(nn.Module):

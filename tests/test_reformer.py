@@ -5,8 +5,11 @@ Two dense oracles, both built on ``reference.attention``:
 * the **union oracle**: shared-QK attention (keys ``qk / ||qk||``, the token itself only when
   its row has nothing else) masked with ``lsh_pattern``;
 * the **per-round oracle**: Eq. (6)-(10) one round at a time -- each round attends the pairs it
-  reaches that no earlier round reached (the token itself in every round, scored
-  ``-1e5 - log R``), then the rounds are combined with their logsumexp, Eq. (14).
+  reaches that no earlier round reached (the token itself only where the round has nothing
+  else, scored ``s_ii - log R``), rounds where the token was alone drop out when another round
+  found it a key, then the rounds are combined with their logsumexp, Eq. (14).
+
+Scores are ``q_i . k_j`` with unit keys and no ``1 / sqrt(d)``, as in the authors' code.
 """
 
 from __future__ import annotations
@@ -48,12 +51,15 @@ def unit_keys(qk):
     return qk / torch.linalg.vector_norm(qk, dim=-1, keepdim=True)  # (B, H, N, d)
 
 
-def per_round_oracle(qk, v, per_round_pattern, *, scale=None):
-    """Eq. (6)-(10), densely: per-round masks with reference.attention, then the logsumexp combination."""
+def per_round_oracle(qk, v, per_round_pattern, *, scale=1.0):
+    """Eq. (6)-(10), densely: per-round masks with reference.attention, then the logsumexp combination.
+
+    Returns the output ``(B, H, N, d_v)`` and the logsumexp ``(B, H, N)``.
+    """
     B, H, R, N, _ = per_round_pattern.shape
     eye = torch.eye(N, dtype=torch.bool)
     seen = torch.zeros(B, H, N, N, dtype=torch.bool)
-    outs, lses = [], []
+    outs, lses, alone = [], [], []
     for r in range(R):
         new = per_round_pattern[:, :, r] & ~seen  # pairs no earlier round reached
         seen |= per_round_pattern[:, :, r]
@@ -61,12 +67,16 @@ def per_round_oracle(qk, v, per_round_pattern, *, scale=None):
         has_others = others.any(dim=-1)  # (B, H, N)
         mask = torch.where(has_others[..., None], others, eye)  # the token itself only when alone
         out_r, lse_r = reference.attention(qk, unit_keys(qk), v, mask=mask, scale=scale, return_lse=True)
-        # the token itself scores -1e5 - log R (kept in every round): shift z where it is alone
-        lse_r = torch.where(has_others, lse_r, lse_r - SELF_PENALTY - math.log(R))
+        # alone in all R rounds, the token itself scores s_ii - log R in each: counted once
+        lse_r = torch.where(has_others, lse_r, lse_r - math.log(R))
         outs.append(out_r)
         lses.append(lse_r)
-    weights = torch.softmax(torch.stack(lses, dim=2), dim=2)  # (B, H, R, N), Eq. (14)
-    return (weights[..., None] * torch.stack(outs, dim=2)).sum(dim=2)  # (B, H, N, d_v)
+        alone.append(~has_others)
+    lses, alone = torch.stack(lses, dim=2), torch.stack(alone, dim=2)  # (B, H, R, N)
+    lses = lses.masked_fill(alone & ~alone.all(dim=2, keepdim=True), float("-inf"))  # the self rule on the union
+    weights = torch.softmax(lses, dim=2)  # (B, H, R, N), Eq. (14)
+    out = (weights[..., None] * torch.stack(outs, dim=2)).sum(dim=2)  # (B, H, N, d_v)
+    return out, torch.logsumexp(lses, dim=2)
 
 
 def loop_pattern(layout, causal):
@@ -202,12 +212,13 @@ def test_lsh_attention_equals_both_oracles(B, H, N, d, d_v, chunk_size, n_hashes
     pattern = lsh_pattern(qk, causal=causal, **options)
     union, union_lse = shared_qk_attention(qk, v, mask=pattern, return_lse=True)
     torch.testing.assert_close(out, union, atol=ATOL, rtol=RTOL)
-    # lse: the union's logsumexp, where a row has a key other than the token itself
-    others = (pattern & ~torch.eye(N, dtype=torch.bool)).any(dim=-1)
-    torch.testing.assert_close(lse[others], union_lse[others], atol=ATOL, rtol=RTOL)
+    # lse: the union's logsumexp for every token, also one whose only key is itself
+    torch.testing.assert_close(lse, union_lse, atol=ATOL, rtol=RTOL)
 
     per_round = lsh_pattern(qk, causal=causal, per_round=True, **options)
-    torch.testing.assert_close(out, per_round_oracle(qk, v, per_round), atol=ATOL, rtol=RTOL)
+    round_out, round_lse = per_round_oracle(qk, v, per_round)
+    torch.testing.assert_close(out, round_out, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(lse, round_lse, atol=ATOL, rtol=RTOL)
 
 
 def test_duplicates_are_counted_once():
@@ -231,7 +242,7 @@ def test_one_bucket_one_chunk_is_full_shared_qk_attention(n_hashes, causal):
     if causal:
         allowed &= reference.causal_mask(30, 30)
         allowed[0, 0] = True  # the first token has nothing else
-    expected = reference.attention(qk, unit_keys(qk), v, mask=allowed)
+    expected = reference.attention(qk, unit_keys(qk), v, mask=allowed, scale=1.0)
     torch.testing.assert_close(out, expected, atol=ATOL, rtol=RTOL)
 
 
@@ -248,11 +259,38 @@ def test_one_bucket_many_chunks_is_a_ring_of_blocks():
 
 
 def test_the_token_itself_counts_once_in_the_logsumexp():
-    # kept in all R rounds with -1e5 - log R each: a row with only itself has z = s_ii - 1e5
+    # kept in all R rounds with s_ii - log R each: a row with only itself has z = s_ii, no penalty left
     qk, v = make_inputs(B=1, H=1, N=16, d=4, seed=2, dtype=torch.float64)
     _, lse = lsh_attention(qk, v, n_hashes=3, n_buckets=1, chunk_size=16, causal=True, return_lse=True)
-    s_00 = (qk[0, 0, 0] @ unit_keys(qk)[0, 0, 0]) / 2.0  # scale 1 / sqrt(4)
-    torch.testing.assert_close(lse[0, 0, 0], s_00 - SELF_PENALTY, atol=1e-9, rtol=0)
+    s_00 = qk[0, 0, 0] @ unit_keys(qk)[0, 0, 0]  # scale 1 (the authors' code)
+    torch.testing.assert_close(lse[0, 0, 0], s_00, atol=1e-9, rtol=0)
+
+
+def test_logsumexp_of_a_token_alone_matches_the_oracle():
+    # Issue 9, finding 1: the -1e5 self penalty stayed inside the logsumexp (z = -99998.96 for 1.04)
+    generator = torch.Generator().manual_seed(0)
+    qk, v = torch.randn(1, 1, 16, 8, generator=generator), torch.randn(1, 1, 16, 8, generator=generator)
+    _, lse = lsh_attention(qk, v, chunk_size=4, n_hashes=2, causal=True, seed=0, return_lse=True)
+    pattern = lsh_pattern(qk, chunk_size=4, n_hashes=2, causal=True, seed=0)
+    _, expected = shared_qk_attention(qk, v, mask=pattern, return_lse=True)
+    torch.testing.assert_close(lse, expected, atol=ATOL, rtol=RTOL)
+    assert lse.min() > -100  # no penalty anywhere
+
+
+@pytest.mark.parametrize("magnitude", [1e6, 1e20])
+def test_the_self_rule_is_exact_at_large_logits(magnitude):
+    # Issue 9, finding 2: at 1e6 a -1e5 penalty no longer suppressed self-attention, and at 1e20
+    # the key norms overflowed in float32 (every key zero)
+    qk, v = make_inputs(B=1, H=2, N=32, d=8, seed=4)
+    qk = qk * magnitude
+    options = dict(chunk_size=8, n_hashes=2, seed=0)
+    out = lsh_attention(qk, v, **options)
+    assert torch.isfinite(out).all()
+    pattern = lsh_pattern(qk, **options)
+    expected = shared_qk_attention(qk.double(), v.double(), mask=pattern)
+    torch.testing.assert_close(out.double(), expected, atol=ATOL, rtol=RTOL)
+    keys = rf.shared_qk_keys(qk)
+    torch.testing.assert_close(torch.linalg.vector_norm(keys, dim=-1), torch.ones(1, 2, 32))
 
 
 def test_a_token_attends_to_itself_only_when_alone():
@@ -382,7 +420,7 @@ def test_shared_qk_attention_self_rule():
     only_self = torch.eye(6, dtype=torch.bool)
     torch.testing.assert_close(shared_qk_attention(qk, v, mask=only_self), v)
     # with other keys the diagonal carries no weight, the same as scoring it -1e5
-    scores = (qk @ unit_keys(qk).transpose(-2, -1)) / 2.0 - SELF_PENALTY * torch.eye(6)
+    scores = qk @ unit_keys(qk).transpose(-2, -1) - SELF_PENALTY * torch.eye(6)  # scale 1
     expected = torch.softmax(scores, dim=-1) @ v
     torch.testing.assert_close(shared_qk_attention(qk, v), expected)
 

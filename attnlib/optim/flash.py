@@ -57,7 +57,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_positive_int, check_qkv, check_tensor
+from .._checks import check_flag, check_positive_int, check_qkv, check_tensor, first_order_only, resolve_scale
 
 __all__ = [
     "DEFAULT_BLOCK_Q",
@@ -249,13 +249,7 @@ def _check_blocks(block_q, block_k) -> None:
 
 
 def _resolve_scale(scale, d: int) -> float:
-    if scale is None:
-        return 1.0 / math.sqrt(d)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    return float(scale)
+    return resolve_scale(scale, 1.0 / math.sqrt(d))
 
 
 def _query_tile(x_grouped: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -537,7 +531,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("flash_attention")
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = tiled_attention_backward(
@@ -630,6 +624,8 @@ def flash_attention(
         ``out: (B, H, N_q, d_v)`` in the dtype of ``q``.
     """
     check_qkv(q, k, v)
+    check_flag("causal", causal)
+    resolve_scale(scale, 1.0)
     _check_blocks(block_q, block_k)
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

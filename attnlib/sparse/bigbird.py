@@ -116,7 +116,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_positive_int, check_qkv
+from .._checks import check_flag, check_positive_int, check_qkv, resolve_scale
 from ..reference import MultiHeadSelfAttention, expand_kv_heads
 
 __all__ = [
@@ -538,14 +538,9 @@ def bigbird_attention(
         raise ValueError(
             f"BigBird is self-attention: q and k must have the same number of tokens, got N_q={N}, N_k={N_k}"
         )
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if not isinstance(fused, bool):
-        raise TypeError(f"fused must be a bool, got {type(fused).__name__}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    check_flag("causal", causal)
+    check_flag("fused", fused)
+    scale = resolve_scale(scale, 1.0 / math.sqrt(d))
     num_blocks = _num_blocks(N, block_size, num_random_blocks)
     random_blocks = _resolve_random_blocks(num_blocks, num_random_blocks, H, causal, generator, seed, random_blocks)
     random_blocks = random_blocks.to(q.device)  # (H or 1, nm, r)

@@ -15,7 +15,10 @@ The algorithm, step by step (``R = n_hashes`` rounds, chunk size ``m``)
 ----------------------------------------------------------------------
 1. **Shared-QK** (Sec. 2, "Shared-QK Transformer"). Queries and keys come from
    one projection ``qk``; the key of token ``j`` is the query normalized,
-   ``k_j = q_j / ||q_j||``, so the score is ``s_ij = scale * q_i . k_j``.
+   ``k_j = q_j / ||q_j||``, so the score is ``s_ij = scale * q_i . k_j``. The paper does not
+   say which ``scale``; the authors' code (trax, and the Hugging Face port) has none: it
+   normalizes ``k_j`` to length ``sqrt(d)`` and then multiplies by ``1 / sqrt(d)``, i.e. unit
+   keys and raw dot products. We follow it: ``scale`` defaults to 1, not ``1 / sqrt(d)``.
 2. **Angular LSH** (Sec. 2, after Andoni et al. 2015). For ``b = n_buckets``
    draw a random Gaussian matrix ``R_r`` of shape ``(d, b/2)`` per round and
    head, and hash ``h_r(x) = argmax([x R_r ; -x R_r])``. Close directions
@@ -29,9 +32,10 @@ The algorithm, step by step (``R = n_hashes`` rounds, chunk size ``m``)
    for ``j`` not in ``P_i``).
 5. **Self-mask** (Sec. 2, "Causal masking for shared-QK attention"): with
    shared QK a token's key is its own query direction, so it would mostly
-   attend to itself. Its own score gets
-   ``-1e5`` (the paper's ``10^5``, Eq. (16)) instead of ``-inf``: a token attends
-   to itself only when nothing else is available.
+   attend to itself. The paper gives its own score ``-10^5`` (Eq. (16)), so that a token attends
+   to itself only when nothing else is available. We apply that rule *exactly*: the diagonal
+   is excluded from every row that has another key, and is the whole row otherwise (a
+   penalty of ``-1e5`` fails at large logits, and it leaks into the logsumexp).
 6. **Causal** (optional): key position ``<=`` query position, on the original
    positions (the mask travels with the sort).
 7. **Multi-round** (Eq. (6); App. A, Eq. (11)-(16)): each round ``r`` gives a
@@ -59,8 +63,10 @@ Design decisions (each one is tested)
   two-chunk window, as in trax's ``allow_duplicate_attention=False`` (the
   paper's ``N_ij`` counts same-bucket rounds; the two differ only when a
   bucket spills over a window). The token itself is the one pair kept in
-  *every* round, so that no round has an empty row: there it scores
-  ``-1e5 - log R`` (Eq. (16) with ``N_ii = R``), which again counts it once.
+  *every* round, so that no round has an empty row; a round in which the token has no
+  other key gives it its own key alone, scored ``s_ii - log R`` (Eq. (16) with ``N_ii = R``,
+  counted once over the ``R`` rounds), and that round is dropped from Eq. (14) whenever
+  another round found the token some other key.
   Consequence, and the test oracle: the output is *exactly* shared-QK
   softmax attention over the union of the keys the rounds reach,
   ``shared_qk_attention(qk, v, mask=lsh_pattern(qk, ...))``; the rounds
@@ -112,7 +118,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_mask, check_positive_int, check_tensor, check_tokens
+from .._checks import check_flag, check_mask, check_positive_int, check_tensor, check_tokens, resolve_scale
 from ..reference import attention, attention_weights, causal_mask
 
 __all__ = [
@@ -131,7 +137,10 @@ __all__ = [
     "ReformerSelfAttention",
 ]
 
-SELF_PENALTY = 1e5  # Eq. (16): m_ij = 10^5 when i = j (shared-QK self-mask)
+SELF_PENALTY = 1e5  # Eq. (16): m_ij = 10^5 when i = j; the paper's value, which we replace by an exact rule
+# The authors' code (trax; also the Hugging Face port) normalizes the shared keys to length sqrt(d)
+# and then multiplies them by 1 / sqrt(d): unit keys and no further 1 / sqrt(d) on the scores.
+DEFAULT_SCALE = 1.0
 HEAD_BLOCK_SCORES = 2**21  # scores per round held at once (8 MiB in float32); see lsh_attention
 
 
@@ -141,7 +150,10 @@ HEAD_BLOCK_SCORES = 2**21  # scores per round held at once (8 MiB in float32); s
 
 
 def _check_qk_v(qk, v) -> tuple[int, int, int, int]:
-    """``qk: (B, H, N, d)``, ``v: (B, H, N, d_v)``; returns ``(B, H, N, d)``."""
+    """``qk: (B, H, N, d)``, ``v: (B, H, N, d_v)``; returns ``(B, H, N, d)``.
+
+    The checks of ``check_qkv`` (every attnlib kernel), with messages that name ``qk``.
+    """
     check_tensor("qk", qk, ndim=4)
     check_tensor("v", v, ndim=4)
     if qk.dtype != v.dtype:
@@ -153,8 +165,9 @@ def _check_qk_v(qk, v) -> tuple[int, int, int, int]:
             f"v must have the (B, H, N) of qk, expected {tuple(qk.shape[:3])}, got v of shape {tuple(v.shape)}"
         )
     B, H, N, d = qk.shape
-    if qk.numel() == 0:
-        raise ValueError(f"qk must have B, H, N, d >= 1 (no empty axis), got shape {tuple(qk.shape)}")
+    for axis, size in (("batch B", B), ("heads H", H), ("tokens N", N), ("head dimension d", d), ("d_v", v.shape[3])):
+        if size == 0:
+            raise ValueError(f"qk and v must have at least one {axis}, got qk {tuple(qk.shape)}, v {tuple(v.shape)}")
     return B, H, N, d
 
 
@@ -167,16 +180,19 @@ def _check_n_buckets(n_buckets) -> None:
         )
 
 
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+_check_bool = check_flag
 
 
-def _check_scale(scale) -> None:
-    if scale is None:
-        return
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+def _resolve_scale(scale) -> float:
+    """The logit scale: :data:`DEFAULT_SCALE` when None; else a finite number (attnlib's one rule), > 0.
+
+    A scale <= 0 would make the *least* similar keys the most attended, the opposite of what the
+    hashing looks for (close directions share a bucket).
+    """
+    scale = resolve_scale(scale, DEFAULT_SCALE)
+    if scale <= 0:
         raise ValueError(f"scale must be None or a positive finite number, got {scale!r}")
+    return scale
 
 
 def _check_generator_and_seed(generator, seed) -> None:
@@ -462,8 +478,9 @@ def _attend_one_round(qk, keys, v, layout: LSHLayout, r: int, causal: bool, code
 
     ``qk: (B, H, N_pad, d)`` are the queries; ``keys: (B, H, N_pad, d)`` the keys ``qk / ||qk||``
     already multiplied by ``scale``; ``v: (B, H, N_pad, d_v)``; ``codes`` from :func:`_window_codes`;
-    ``buckets: (B, H, R, N_pad)`` int32. Returns ``o^(r): (B, H, N_pad, d_v)`` and
-    ``z^(r): (B, H, N_pad)`` in the original token order.
+    ``buckets: (B, H, R, N_pad)`` int32. Returns ``o^(r): (B, H, N_pad, d_v)``,
+    ``z^(r): (B, H, N_pad)`` and whether the token had a key other than itself in this round,
+    ``(B, H, N_pad)`` bool, in the original token order.
     """
     B, H, N_pad, _ = qk.shape
     m, n_chunks = layout.chunk_size, layout.n_chunks
@@ -492,12 +509,14 @@ def _attend_one_round(qk, keys, v, layout: LSHLayout, r: int, causal: bool, code
         key_following = _token_values(following[:, :, earlier], key_pos)[..., None, :]  # (B, H, n_chunks, 1, W)
         allowed &= ~((query_here == key_here) | (query_here == key_following))  # (B, H, n_chunks, m, W)
     # Query slot i of a chunk is key slot W - m + i of its window (the chunk itself comes last).
-    # Every round keeps the token itself, so no row is ever empty ...
-    allowed[..., W - m :].diagonal(dim1=-2, dim2=-1).fill_(True)
+    # The self rule, exactly: the token's own key is excluded from a row that has any other key ...
+    allowed[..., W - m :].diagonal(dim1=-2, dim2=-1).fill_(False)
+    has_others = allowed.any(dim=-1)  # (B, H, n_chunks, m)
+    # ... and is the whole row otherwise, so that no row is ever empty. It scores s_ii - log R
+    # there (Eq. (16) with N_ii = R): if every round finds the token alone, the R rounds count it once.
+    allowed[..., W - m :].diagonal(dim1=-2, dim2=-1).copy_(~has_others)
     scores.masked_fill_(~allowed, float("-inf"))  # (B, H, n_chunks, m, W), in place (autograd allows it)
-    # ... with the self penalty of Eq. (16), -1e5, and - log R because it is a duplicate in all
-    # R rounds (Eq. (15)-(16)): the union then counts it once. In place on the diagonal only.
-    scores[..., W - m :].diagonal(dim1=-2, dim2=-1).sub_(SELF_PENALTY + math.log(layout.n_hashes))
+    scores[..., W - m :].diagonal(dim1=-2, dim2=-1).sub_(math.log(layout.n_hashes))  # only alone rows keep it
 
     probs = torch.softmax(scores, dim=-1)  # (B, H, n_chunks, m, W)
     # z^(r) = logsumexp_j s_ij. The largest probability is exp(max_j s_ij - z^(r)), so
@@ -510,7 +529,8 @@ def _attend_one_round(qk, keys, v, layout: LSHLayout, r: int, causal: bool, code
     slot_of_token = layout.undo_sort[:, :, r]  # (B, H, N_pad)
     out = _gather_tokens(out.view(B, H, N_pad, -1), slot_of_token)  # (B, H, N_pad, d_v)
     lse = _token_values(lse.view(B, H, N_pad), slot_of_token)  # (B, H, N_pad)
-    return out, lse
+    has_others = _token_values(has_others.reshape(B, H, N_pad), slot_of_token)  # (B, H, N_pad)
+    return out, lse, has_others
 
 
 def lsh_attention(
@@ -536,7 +556,7 @@ def lsh_attention(
         n_buckets: buckets per round, 1 or even; default ``2 * ceil(N / chunk_size)`` (Sec. 2).
         chunk_size: ``m``; ``N`` is padded to a multiple of it (padding is never attended).
         causal: a query sees only keys at positions ``<=`` its own.
-        scale: multiplies the scores; defaults to ``1 / sqrt(d)``.
+        scale: multiplies the scores ``q_i . k_j`` (unit keys); defaults to 1, as in the authors' code.
         rotations: ``(H, d, R, n_buckets // 2)`` random rotations (see :func:`make_rotations`);
             if None they are drawn from ``generator``, or ``seed``, or torch's global generator.
         return_lse: also return the logsumexp over the attended keys (all rounds).
@@ -551,8 +571,7 @@ def lsh_attention(
     B, H, N, d = _check_qk_v(qk, v)
     _check_bool("causal", causal)
     _check_bool("return_lse", return_lse)
-    _check_scale(scale)
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    scale = _resolve_scale(scale)
     rotations, n_buckets = _resolve_rotations(qk, n_hashes, n_buckets, chunk_size, rotations, generator, seed)
 
     # Heads are independent. At long N the (n_chunks, m, W) scores of all heads together grow past
@@ -587,16 +606,20 @@ def _attend_all_rounds(qk, v, layout: LSHLayout, causal: bool, scale: float):
     buckets = layout.buckets.to(torch.int32)  # (B, H, R, N_pad)
     codes = _window_codes(layout)  # 2 x (B, H, R, N_pad)
 
-    round_outs, round_lses = [], []
+    round_outs, round_lses, round_others = [], [], []
     for r in range(layout.n_hashes):  # a loop over rounds (a few), never over chunks
-        out_r, lse_r = _attend_one_round(qk_padded, keys, v_padded, layout, r, causal, codes, buckets)
+        out_r, lse_r, others_r = _attend_one_round(qk_padded, keys, v_padded, layout, r, causal, codes, buckets)
         round_outs.append(out_r)  # (B, H, N_pad, d_v)
         round_lses.append(lse_r)  # (B, H, N_pad)
+        round_others.append(others_r)  # (B, H, N_pad)
     lses = torch.stack(round_lses, dim=2)  # (B, H, R, N_pad)
+    others = torch.stack(round_others, dim=2)  # (B, H, R, N_pad)
+    # The self rule over the union of the rounds: a token that found another key in some round
+    # does not attend to itself, so the rounds where it was alone drop out of Eq. (14).
+    lses = lses.masked_fill(~others & others.any(dim=2, keepdim=True), float("-inf"))  # (B, H, R, N_pad)
 
     # Eq. (14): o_i = sum_r exp(z^(r) - z) o^(r) with z = logsumexp_r z^(r). The weights are a softmax
-    # over rounds; torch.softmax subtracts the max first, so they sum to 1 even when every z^(r) is
-    # near -1e5 (a token whose only key is itself), where float32 rounds z to steps of 0.008.
+    # over rounds (at least one z^(r) is finite for every token).
     weights = torch.softmax(lses, dim=2)  # (B, H, R, N_pad)
     out = sum(weights[:, :, r, :, None] * out_r for r, out_r in enumerate(round_outs))  # (B, H, N_pad, d_v)
     out = out[:, :, :N].to(qk.dtype)  # (B, H, N, d_v): crop the padding
@@ -673,8 +696,8 @@ def lsh_pattern(
 def _self_masked(allowed: torch.Tensor) -> torch.Tensor:
     """The shared-QK self rule as a boolean mask: drop the diagonal, unless it is all a row has.
 
-    ``allowed: (..., N, N)``. Scoring the diagonal ``-1e5`` instead gives the same softmax in
-    float32 and float64: ``exp(-1e5)`` underflows to exactly 0 next to any other key.
+    ``allowed: (..., N, N)``. This is the rule the paper's ``-10^5`` self score (Eq. (16)) aims at,
+    made exact: no penalty to overflow at large logits, none left in the logsumexp.
     """
     N = allowed.shape[-1]
     eye = torch.eye(N, dtype=torch.bool, device=allowed.device)  # (N, N)
@@ -684,8 +707,15 @@ def _self_masked(allowed: torch.Tensor) -> torch.Tensor:
 
 
 def shared_qk_keys(qk: torch.Tensor) -> torch.Tensor:
-    """Shared-QK keys (Sec. 2): ``k_j = q_j / ||q_j||``, ``(..., N, d)``; a zero vector gives a zero key, not NaN."""
-    return qk / torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(1e-12)  # (..., N, d)
+    """Shared-QK keys (Sec. 2): ``k_j = q_j / ||q_j||``, ``(..., N, d)``; a zero vector gives a zero key, not NaN.
+
+    Each vector is first divided by its largest entry, so that the norm cannot overflow (at 1e20
+    in float32 the sum of squares would be infinite and every key zero).
+    """
+    largest = qk.abs().amax(dim=-1, keepdim=True)  # (..., N, 1)
+    largest = torch.where(largest > 0, largest, torch.ones_like(largest))  # a zero vector stays zero
+    unit_box = qk / largest  # (..., N, d), entries in [-1, 1]
+    return unit_box / torch.linalg.vector_norm(unit_box, dim=-1, keepdim=True).clamp_min(1e-12)  # (..., N, d)
 
 
 def _shared_qk_mask(B, H, N, device, mask, causal) -> torch.Tensor:
@@ -714,7 +744,7 @@ def shared_qk_attention(
     """
     B, H, N, d = _check_qk_v(qk, v)
     _check_bool("causal", causal)
-    _check_scale(scale)
+    scale = _resolve_scale(scale)
     if mask is not None:
         check_mask(mask, (B, H, N, N), qk.device)
     allowed = _shared_qk_mask(B, H, N, qk.device, mask, causal)  # (B, H, N, N)
@@ -741,7 +771,7 @@ def softmax_mass_captured(
     """
     check_tensor("qk", qk, ndim=4)
     _check_bool("causal", causal)
-    _check_scale(scale)
+    scale = _resolve_scale(scale)
     B, H, N, _ = qk.shape
     pattern = lsh_pattern(
         qk, n_hashes=n_hashes, n_buckets=n_buckets, chunk_size=chunk_size, causal=causal,

@@ -1,0 +1,122 @@
+"""The benchmark command: arguments checked before any run, rows that survive an interruption, exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnlib import bench
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench.main(argv)
+    return exited.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "nope"], "no method named 'nope'"),
+        (["--methods", ""], "expected comma-separated registry names"),
+        (["--methods", "dense", "--sizes", "abc"], "expected a positive integer, got 'abc'"),
+        (["--methods", "dense", "--sizes", "-8"], "expected a positive integer"),
+        (["--methods", "dense", "--sizes", "0"], "expected a positive integer, got 0"),
+        (["--methods", "dense", "--heads", "0"], "expected a positive integer, got 0"),
+        (["--methods", "dense", "--repeats", "0"], "expected a positive integer, got 0"),
+        (["--methods", "dense", "--device", "meta"], "only cpu and cuda can be measured"),
+        (["--methods", "dense", "--device", "nonsense"], "expected a device"),
+        (["--kind", "vision", "--methods", "bigbird"], "has no vision mixer"),
+        (["--kind", "vision", "--methods", "dense", "--channels", "10", "--heads", "3"], "divisible"),
+    ],
+)
+def test_bad_arguments_get_a_usage_message_and_exit_2(argv, message, capsys, tmp_path):
+    code, err = run_main(["run", *argv, "--out", str(tmp_path / "r.csv")], capsys)
+    assert code == 2 and "usage:" in err and message in err, err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_gpu_asked_for_where_there_is_none(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, err = run_main(["run", "--methods", "dense", "--device", "cuda", "--out", str(tmp_path / "r.csv")], capsys)
+    assert code == 2 and "no CUDA GPU" in err
+
+
+def test_an_output_path_that_cannot_be_written_fails_before_measuring(capsys, tmp_path):
+    started = time.perf_counter()
+    code, err = run_main(["run", "--methods", "dense", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "out must be a file path" in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, err = run_main(["run", "--methods", "dense", "--out", str(blocker / "r.csv")], capsys)
+    assert code == 2 and "cannot be written" in err
+    assert time.perf_counter() - started < 5  # no configuration was measured
+
+
+def test_the_worker_stays_out_of_help(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    assert "_worker" not in capsys.readouterr().out
+
+
+def test_failed_rows_give_a_non_zero_exit(tmp_path, capsys):
+    # BigBird's default pattern needs N >= 449: the worker fails, the row records why, exit 1
+    out = tmp_path / "r.csv"
+    assert bench.main(["run", "--methods", "bigbird", "--sizes", "64", "--repeats", "1", "--out", str(out)]) == 1
+    (row,) = bench.read_results(out)
+    assert row["status"] == "error" and "needs at least" in row["error"]
+
+
+def test_a_configuration_that_cannot_fit_is_skipped_not_run(tmp_path):
+    rows = bench.run(["dense", "sdpa"], [4096], repeats=1, progress=False, out=tmp_path / "r.csv", max_bytes=2**27)
+    by_method = {row["method"]: row for row in rows}
+    assert by_method["dense"]["status"] == "skipped" and "GiB" in by_method["dense"]["error"]
+    assert by_method["sdpa"]["status"] == "ok"
+    assert [row["status"] for row in bench.read_results(tmp_path / "r.csv")] == ["skipped", "ok"]
+
+
+def test_vision_mixers_are_measured_on_feature_maps(tmp_path):
+    rows = bench.run(["dense", "sdpa"], [16], kind="vision", C=8, H=2, repeats=1, progress=False)
+    for row in rows:
+        assert row["status"] == "ok", row["error"]
+        assert (row["kind"], row["N"], row["side"], row["C"], row["d"]) == ("vision", 256, 16, 8, 4)
+    assert rows[0]["peak_mib"] >= 2 * 2 * 256 * 256 * 4 / 2**20 * 0.8  # dense: two N x N float32 per head
+
+
+def _rows_in(path: Path) -> list[dict]:
+    return bench.read_results(path) if path.exists() else []
+
+
+def test_an_interrupted_run_resumes_without_losing_or_duplicating_rows(tmp_path):
+    out = tmp_path / "r.csv"
+    command = [sys.executable, "-m", "attnlib.bench", "run", "--methods", "sdpa", "--sizes", "64,128,256,512",
+               "--repeats", "1", "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_rows_in(out)) < 1 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    before = _rows_in(out)
+    assert process.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
+    assert 1 <= len(before) < 4  # stopped part-way, with every finished row on disk and well-formed
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    after = bench.read_results(out)
+    assert [row["N"] for row in after] == [64, 128, 256, 512]  # each size once, in order
+    assert after[: len(before)] == before  # the finished rows were kept, not measured again
+    assert os.path.getsize(out) > 0
