@@ -114,7 +114,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import check_qkv, check_tensor
+from .._checks import check_flag, check_qkv, check_tensor, first_order_only, resolve_scale
 
 __all__ = [
     "flash_attention_triton",
@@ -708,12 +708,8 @@ def _check_inputs(q, k, v, causal, scale) -> tuple[int, int, int, int, int, int,
         raise ValueError(f"head dimension d must be one of {SUPPORTED_HEAD_DIMS} for the Triton kernels, got d={d}")
     if v.shape[-1] != d:
         raise ValueError(f"v must have the head dimension of q and k (d={d}), got d_v={v.shape[-1]}")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise TypeError(f"scale must be a finite float or None, got {scale!r}")
+    check_flag("causal", causal)
+    scale = resolve_scale(scale, 1.0 / math.sqrt(d))
     _check_device(q)
     if q.dtype == torch.bfloat16 and q.device.type == "cuda" and not _INTERPRETING:
         if torch.cuda.get_device_capability(q.device) < (8, 0):
@@ -864,7 +860,7 @@ class _FlashAttentionTriton(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("flash_attention_triton")
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = flash_backward(dout, q, k, v, out, lse, ctx.causal, ctx.scale)
