@@ -177,6 +177,14 @@ def merge_partial(out, lse, block_out, block_lse) -> tuple[torch.Tensor, torch.T
     return new_out, new_lse
 
 
+def _merge_into_(out, lse, block_out, block_lse) -> None:
+    """:func:`merge_partial` in place on ``out, lse`` (views of the accumulators): one temporary of ``out``'s size."""
+    first_empty = lse == float("-inf")  # (..., n)
+    block_weight = torch.where(first_empty, torch.ones_like(lse), torch.sigmoid(block_lse - lse))  # (..., n)
+    lse.copy_(torch.where(first_empty, block_lse, lse - F.logsigmoid(lse - block_lse)))  # (..., n)
+    out.sub_((out - block_out).mul_(block_weight[..., None]))  # (..., n, d_v)
+
+
 def merge_partial_naive(out, lse, block_out, block_lse) -> tuple[torch.Tensor, torch.Tensor]:
     """The same merge written as ``lse + log(1 + exp(block_lse - lse))``: overflows for large logits.
 
@@ -405,9 +413,7 @@ def _forward_block_(local, q, k_src, v_src, plan, c_q, c_k, out_acc, lse_acc) ->
         block_out, block_lse = local.forward(
             q[:, :, rows], k_src[:, :, keys], v_src[:, :, keys], piece.causal
         )  # (B, H, rows, d_v), (B, H, rows)
-        merged_out, merged_lse = merge_partial(out_acc[:, :, rows], lse_acc[:, :, rows], block_out, block_lse)
-        out_acc[:, :, rows] = merged_out  # (B, H, rows, d_v)
-        lse_acc[:, :, rows] = merged_lse  # (B, H, rows)
+        _merge_into_(out_acc[:, :, rows], lse_acc[:, :, rows], block_out, block_lse)
     return sum(piece.pairs() for _, _, piece in plan)
 
 
@@ -954,42 +960,59 @@ def _rss_bytes(field_name: str) -> int:
     return 0
 
 
+def _release_free_memory() -> None:
+    """Hand the C allocator's free memory back to the system (glibc ``malloc_trim``; a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    malloc_trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
 def measure_worker(rank: int, world_size: int, config: dict) -> dict:
     """One rank of a measurement: peak memory and time of a causal forward + backward.
 
-    ``config``: ``N`` (whole sequence), ``B``, ``H``, ``d``, ``layout``, ``repeats``. Memory: the
-    resident-set high-water mark reset just before building this rank's shards (Linux), minus the
-    resident set then: the shards, the ring's buffers, the gradients and the tiles.
+    ``config``: ``N`` (whole sequence), ``B``, ``H``, ``d``, ``layout``, ``repeats``. Memory is
+    measured on the second step, as in a training loop: the first step at full size pays one-time
+    allocations (thread pools, BLAS and gloo buffers). Before the second, the resident-set
+    high-water mark is reset (Linux); the peak above the resident set then counts this rank's
+    shards, the ring's buffers, the gradients and the tiles.
     """
     N, B, H, d = config["N"], config["B"], config["H"], config["d"]
     layout = config.get("layout", "zigzag")
-    # warm-up on a short sequence: thread pools, gloo buffers, allocator, not the method's memory
-    small = [torch.randn(B, H, 8 * world_size, d, requires_grad=True) for _ in range(3)]
-    ring_attention(*small, causal=True, layout=layout).sum().backward()
-    del small
+    n = N // world_size
+    generator = torch.Generator().manual_seed(rank)
+
+    def inputs():
+        q, k, v = (torch.randn(B, H, n, d, generator=generator).requires_grad_() for _ in range(3))  # (B, H, n, d)
+        return q, k, v, torch.randn(B, H, n, d, generator=generator)
+
+    def step(q, k, v, dout, stats=None):
+        ring_attention(q, k, v, causal=True, layout=layout, stats=stats).backward(dout)
+
+    step(*inputs())  # the first step
+    _release_free_memory()  # so that the measured step pays for every page it touches
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
     except OSError:
         pass
     before = _rss_bytes("VmRSS")
-    generator = torch.Generator().manual_seed(rank)
-    n = N // world_size
-    q, k, v = (torch.randn(B, H, n, d, generator=generator).requires_grad_() for _ in range(3))  # (B, H, n, d)
-    dout = torch.randn(B, H, n, d, generator=generator)
-    ring_attention(q, k, v, causal=True, layout=layout).backward(dout)
-    peak = _rss_bytes("VmHWM") - before
-    times, comm = [], []
-    for _ in range(config.get("repeats", 3)):
+    q, k, v, dout = inputs()
+    times, waits = [], []
+    for repeat in range(config.get("repeats", 1)):  # the first repeat is the measured step
         stats = RingStats()
         dist.barrier()
         tick = time.perf_counter()
-        out = ring_attention(q, k, v, causal=True, layout=layout, stats=stats)
-        out.backward(dout)
+        step(q, k, v, dout, stats)
         times.append(time.perf_counter() - tick)
-        comm.append(stats.forward_wait_s + stats.backward_wait_s)
+        waits.append(stats.forward_wait_s + stats.backward_wait_s)
+        if repeat == 0:
+            peak = _rss_bytes("VmHWM") - before
     best = min(range(len(times)), key=lambda i: times[i])
-    return {"peak_bytes": peak, "seconds": times[best], "wait_seconds": comm[best], "bytes_sent": stats.bytes_sent}
+    return {"peak_bytes": peak, "seconds": times[best], "wait_seconds": waits[best], "bytes_sent": stats.bytes_sent}
 
 
 # --------------------------------------------------------------------------
