@@ -156,6 +156,22 @@ METHODS: list[Method] = [
         bench_kwargs={"backend": "torch", "block_q": 256, "block_k": 512},
     ),
     Method(
+        name="bigbird_flash",
+        title="BigBird's pattern inside block-sparse FlashAttention (block mask: full, partial, empty tiles)",
+        category="sparsification",
+        domain="language",
+        paper="Dong et al., Flex Attention: A Programming Model for Generating Optimized Attention Kernels, 2024",
+        url="https://arxiv.org/abs/2412.05496",
+        time_cost="O(N (r + 5) b d) for BigBird's pattern: O(visited tiles x B_r B_c d) in general",
+        memory_cost="O(N) (lists of tiles and the element masks of partial tiles)",
+        attention="attnlib.optim.block_sparse:bigbird_flash_attention",
+        module="attnlib.sparse.bigbird:BigBirdSelfAttention",
+        pattern="attnlib.sparse.bigbird:bigbird_pattern",
+        chapter="14_block_sparse_flash.ipynb",
+        # BigBird's bench setting; the PyTorch tiles on a CPU ("auto" would pick Triton's interpreter there)
+        bench_kwargs={"block_size": 64, "num_random_blocks": 3, "seed": 0, "backend": "torch"},
+    ),
+    Method(
         name="falcon",
         title="Falcon: multi-query / grouped-query attention on FlashAttention, with a KV cache",
         category="computation optimization",
