@@ -171,9 +171,13 @@ def sdpa_attention(q, k, v, *, mask=None, causal=False, scale=None):
         q, k, v, attn_mask=mask, scale=scale, enable_gqa=H_kv != H
     )  # (B, H, N_q, d_v)
     # SDPA's CPU kernels disagree on a query row holding NaN or infinity (zeros for short
-    # sequences, NaN for longer ones); attention() gives NaN there. So NaN here too. O(N d).
-    bad_query = ~torch.isfinite(q).all(dim=-1, keepdim=True)  # (B, H, N_q, 1)
-    return out.masked_fill(bad_query, float("nan"))  # (B, H, N_q, d_v)
+    # sequences, NaN for longer ones); attention() gives NaN there. So NaN here too. The sum of q
+    # is finite unless such a row exists (or, rarely, a half-precision sum overflows): only then
+    # are the rows checked one by one, and the output copied.
+    if not torch.isfinite(q.sum()):
+        bad_query = ~torch.isfinite(q).all(dim=-1, keepdim=True)  # (B, H, N_q, 1)
+        out = out.masked_fill(bad_query, float("nan"))  # (B, H, N_q, d_v)
+    return out
 
 
 class MultiHeadSelfAttention(nn.Module):

@@ -18,11 +18,26 @@ def test_every_registered_method_resolves_and_matches_dense_where_exact():
         assert method.category in registry.CATEGORIES
         assert method.module_cls() is not None
         assert method.chapter.endswith(".ipynb"), method.name
+        assert method.attention is not None or method.make_mixer is not None, method.name
+        if method.attention is None:
+            continue
         attention = method.attention_fn()
         out = attention(q, k, v, **method.bench_kwargs)
         assert out.shape == q.shape and torch.isfinite(out).all(), method.name
         if method.category in ("baseline", "computation optimization"):  # exact methods
             torch.testing.assert_close(out, registry.get("dense").attention_fn()(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_every_vision_mixer_keeps_the_shape_of_the_map():
+    torch.manual_seed(0)
+    x = torch.randn(2, 28, 28, 48)  # (B, H, W, C): 28 = 4 windows of 7, as in the benchmarks
+    mixers = [m for m in registry.METHODS if m.make_mixer is not None]
+    assert {"dense", "sdpa"} <= {m.name for m in mixers}
+    for method in mixers:
+        mixer = method.mixer_factory()(48, 3, 28, 28)
+        with torch.no_grad():
+            out = mixer(x)
+        assert out.shape == x.shape and torch.isfinite(out).all(), method.name
 
 
 def test_survey_covers_the_three_families():
@@ -87,6 +102,56 @@ def test_viz_bad_frames():
         viz.slider_heatmap([np.zeros(3)], ["a"])
     with pytest.raises(ValueError, match="one entry per frame"):
         viz.slider_heatmap([np.zeros((2, 2))], ["a", "b"])
+    # frames of different shapes would mislabel every frame but the first
+    with pytest.raises(ValueError, match=r"every frame must have the shape of the first, \(2, 2\), got \(3, 3\)"):
+        viz.slider_heatmap([np.zeros((2, 2)), np.zeros((3, 3))], ["a", "b"])
+    with pytest.raises(ValueError, match=r"x_ticks must have one label per column \(3\), got 2"):
+        viz.slider_heatmap([np.zeros((2, 3))], ["a"], x_ticks=["p", "q"])
+    with pytest.raises(ValueError, match=r"y_ticks must have one label per row \(2\), got 3"):
+        viz.slider_heatmap([np.zeros((2, 3))], ["a"], y_ticks=["p", "q", "r"])
+    too_many = [f"c{i}" for i in range(len(viz.CATEGORY_COLORS) + 1)]
+    with pytest.raises(ValueError, match="categories must name between 1 and"):
+        viz.slider_heatmap([np.zeros((2, 2), dtype=int)], ["a"], categories=too_many)
+    with pytest.raises(ValueError, match="categories must name between 1 and"):
+        viz.explore(lambda: np.zeros((2, 2)), {"x": [1]}, div_id="ok", categories=too_many)
+    # twelve categories have twelve colours
+    twelve = viz.slider_heatmap([np.arange(12).reshape(3, 4)], ["a"], categories=[str(i) for i in range(12)])
+    assert len(twelve.data[0].colorbar.ticktext) == 12
+
+
+def test_explore_checks_the_div_id_before_computing_any_frame():
+    calls = []
+    with pytest.raises(ValueError, match="div_id"):
+        viz.explore(lambda x: calls.append(x) or np.eye(2), {"x": [1, 2]}, div_id="not valid")
+    assert calls == []
+
+
+def test_bfloat16_frames_are_drawn():
+    weights = torch.softmax(torch.randn(4, 4), dim=-1).to(torch.bfloat16)
+    figure = viz.slider_heatmap([weights], ["bf16"])
+    assert np.allclose(np.array(figure.data[0].z), weights.float().numpy(), atol=1e-3)
+
+
+def test_figure_data_is_rounded_to_four_significant_digits():
+    assert viz.round_significant(np.array([0.04801643639802933, 123456.7, -0.000123449, 0.0])).tolist() == [
+        0.04802,
+        123500.0,
+        -0.0001234,
+        0.0,
+    ]
+    # last-digit differences between machines vanish
+    a = np.array([[0.04801643639802933, 0.5]])
+    b = np.array([[0.04801642522215843, 0.5]])
+    html_a = viz.figure_html(viz.slider_heatmap([a], ["x"]), "fig-a").data
+    html_b = viz.figure_html(viz.slider_heatmap([b], ["x"]), "fig-a").data
+    assert html_a == html_b and "0.04802" in html_a and "0.048016" not in html_a
+    assert "displayModeBar" in html_a  # no mode bar over the title
+
+
+def test_a_heavy_figure_warns():
+    frames = [np.random.default_rng(i).random((256, 256)) for i in range(6)]
+    with pytest.warns(UserWarning, match="MB of HTML"):
+        viz.figure_html(viz.slider_heatmap(frames, [str(i) for i in range(6)]), "heavy")
 
 
 def test_static_heatmap_with_japanese_labels_has_no_missing_glyphs(recwarn):

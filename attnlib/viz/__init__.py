@@ -16,6 +16,12 @@ Three kinds of figure, one call to pick:
 
 Frames are 2-D arrays ``(rows, cols)``: a boolean pattern ``(N_q, N_k)``, weights,
 or small integer categories (e.g. 0 none, 1 global, 2 window, 3 random).
+
+Stored figures are the same on every machine: float frames are rounded to
+:data:`SIGNIFICANT_DIGITS` significant digits before they are written into the page
+(what the eye can tell apart on a colour scale; another CPU's last-digit rounding then
+disappears), which also keeps pages light. A figure whose HTML exceeds
+:data:`FIGURE_BYTES_LIMIT` gets a warning: use fewer or smaller frames.
 Chapter: "Introduction" (chapters/*/00_introduction.ipynb).
 """
 
@@ -24,27 +30,81 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["heatmap", "slider_heatmap", "explore", "figure_html", "in_live_kernel", "CATEGORY_COLORS"]
+__all__ = [
+    "heatmap",
+    "slider_heatmap",
+    "explore",
+    "figure_html",
+    "in_live_kernel",
+    "round_significant",
+    "CATEGORY_COLORS",
+    "SIGNIFICANT_DIGITS",
+    "FIGURE_BYTES_LIMIT",
+]
 
 # Figure text falls back to the book's Japanese web font (see _ext/book_assets.py).
 PLOTLY_FONT = '"Open Sans", verdana, arial, sans-serif, "Noto Sans JP", "IPAexGothic"'
 # Colours for categorical patterns, index = category value. Colour-blind friendly (Okabe-Ito).
-CATEGORY_COLORS = ["#f2f2f2", "#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00"]
+CATEGORY_COLORS = [
+    "#f2f2f2", "#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00",
+    "#f0e442", "#000000", "#999999", "#8c564b", "#17becf",
+]  # fmt: skip
+SIGNIFICANT_DIGITS = 4  # float figure data is stored with this many significant digits
+FIGURE_BYTES_LIMIT = 2_000_000  # a figure's HTML above this (2 MB) gets a warning
+
+
+def round_significant(array, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:
+    """``array`` as float64 rounded to ``digits`` significant digits (NaN and infinities kept).
+
+    Rounded through exact powers of ten, so that ``tolist()`` prints the short decimal
+    (0.04802, not 0.048020000000000004).
+    """
+    array = np.asarray(array, dtype=np.float64)
+    rounded = array.copy()
+    finite = np.isfinite(array) & (array != 0)
+    values = array[finite]
+    shift = digits - 1 - np.floor(np.log10(np.abs(values))).astype(np.int64)  # decimal places to keep
+    up = shift >= 0
+    powers = 10.0 ** np.abs(shift)  # exact for |shift| <= 22
+    values = np.where(up, np.round(values * powers) / powers, np.round(values / powers) * powers)
+    rounded[finite] = values
+    return rounded
+
+
+def _check_div_id(div_id: str) -> None:
+    if not isinstance(div_id, str) or not re.fullmatch(r"[A-Za-z][\w-]*", div_id):
+        raise ValueError(f"div_id must be letters, digits, '-' or '_' starting with a letter, got {div_id!r}")
 
 
 def _as_array(frame) -> np.ndarray:
+    """A frame as a 2-D numpy array: booleans and integers as int, floats rounded (see the module docstring)."""
     if hasattr(frame, "detach"):
-        frame = frame.detach().cpu().numpy()
+        frame = frame.detach().cpu()
+        if frame.is_floating_point():
+            frame = frame.double()  # numpy has no bfloat16
+        frame = frame.numpy()
     array = np.asarray(frame)
     if array.ndim != 2:
         raise ValueError(f"a frame must be a 2-D array (rows, cols), got shape {array.shape}")
     if array.dtype == bool:
-        array = array.astype(np.int8)
-    return array
+        return array.astype(np.int8)
+    if np.issubdtype(array.dtype, np.integer):
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"a frame must hold booleans, integers or floats, got dtype {array.dtype}")
+    return round_significant(array)
+
+
+def _check_categories(categories) -> None:
+    if categories is not None and not 1 <= len(categories) <= len(CATEGORY_COLORS):
+        raise ValueError(
+            f"categories must name between 1 and {len(CATEGORY_COLORS)} values (one colour each), got {len(categories)}"
+        )
 
 
 def heatmap(
@@ -119,9 +179,20 @@ def slider_heatmap(
     """
     import plotly.graph_objects as go
 
+    _check_categories(categories)
     arrays = [_as_array(frame) for frame in frames]
     if not arrays:
         raise ValueError("frames must hold at least one 2-D array, got none")
+    for index, array in enumerate(arrays):
+        if array.shape != arrays[0].shape:
+            raise ValueError(
+                f"every frame must have the shape of the first, {arrays[0].shape}, got {array.shape} for frame {index}"
+            )
+    rows, cols = arrays[0].shape
+    for name, ticks, count in (("x_ticks", x_ticks, cols), ("y_ticks", y_ticks, rows)):
+        if ticks is not None and len(ticks) != count:
+            raise ValueError(f"{name} must have one label per {'column' if name == 'x_ticks' else 'row'} "
+                             f"({count}), got {len(ticks)}")  # fmt: skip
     if len(labels) != len(arrays):
         raise ValueError(f"labels must have one entry per frame ({len(arrays)}), got {len(labels)}")
     titles = list(labels) if titles is None else list(titles)
@@ -133,14 +204,14 @@ def slider_heatmap(
         count = len(categories)
         scale = []
         for value in range(count):  # a stepped colour scale: value i -> colour i
-            scale += [[value / count, CATEGORY_COLORS[value]], [(value + 1) / count, CATEGORY_COLORS[value]]]
+            low, high = round(value / count, SIGNIFICANT_DIGITS), round((value + 1) / count, SIGNIFICANT_DIGITS)
+            scale += [[low, CATEGORY_COLORS[value]], [high, CATEGORY_COLORS[value]]]
         heat = dict(
             colorscale=scale,
             zmin=-0.5,
             zmax=count - 0.5,
             colorbar=dict(tickvals=list(range(count)), ticktext=list(categories)),
         )
-    rows, cols = arrays[0].shape
     x = list(range(cols))
     y = list(range(rows))
     figure = go.Figure(go.Heatmap(z=arrays[0].tolist(), x=x, y=y, **heat))
@@ -171,11 +242,18 @@ def figure_html(figure, div_id: str):
     ``div_id`` is fixed by the caller so that the stored notebook output is the
     same on every run (nbval compares it).
     """
-    if not re.fullmatch(r"[A-Za-z][\w-]*", div_id):
-        raise ValueError(f"div_id must be letters, digits, '-' or '_' starting with a letter, got {div_id!r}")
+    _check_div_id(div_id)
     from IPython.display import HTML
 
-    html = figure.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, config={"responsive": True})
+    # No mode bar: its icons would cover the title, and the static page needs no zoom tools.
+    config = {"responsive": True, "displayModeBar": False}
+    html = figure.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, config=config)
+    if len(html) > FIGURE_BYTES_LIMIT:
+        warnings.warn(
+            f"figure {div_id!r} is {len(html) / 1e6:.1f} MB of HTML (limit {FIGURE_BYTES_LIMIT / 1e6:.0f} MB): "
+            "use fewer or smaller frames",
+            stacklevel=2,
+        )
     return HTML(html)
 
 
@@ -209,6 +287,8 @@ def explore(
     """
     from IPython.display import display
 
+    _check_div_id(div_id)  # before any frame is computed
+    _check_categories(figure_options.get("categories"))
     names = list(params)
     if not names:
         raise ValueError("params must name at least one parameter with a list of values")
