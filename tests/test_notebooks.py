@@ -120,3 +120,49 @@ def test_parse_source_rejects_unknown_headers():
         nbbuild.parse_source("%% en\n# T\n%% fr\nbonjour")
     with pytest.raises(ValueError, match="before the first"):
         nbbuild.parse_source("stray\n%% en\n# T")
+
+
+def _z_arrays(html: str):
+    """Every plotly ``"z": [[...]]`` array in a stored HTML output, as its JSON text."""
+    for match in re.finditer(r'"z":\s*\[', html):
+        depth, start = 0, match.end() - 1
+        for end in range(start, len(html)):
+            depth += {"[": 1, "]": -1}.get(html[end], 0)
+            if depth == 0:
+                yield html[start : end + 1]
+                break
+
+
+def significant_digits(number: str) -> int:
+    """Significant digits of a JSON number as written (``0.04802`` -> 4, ``1.5e-07`` -> 2)."""
+    mantissa = re.split(r"[eE]", number.lstrip("-"))[0]
+    digits = mantissa.replace(".", "").lstrip("0")
+    if "." not in mantissa:
+        digits = digits.rstrip("0")  # 123000 -> 3 digits
+    return len(digits)
+
+
+def test_significant_digits_counts_as_written():
+    assert [significant_digits(x) for x in ("0.04802", "0.048016436", "-1.5e-07", "12", "123000", "0", "0.0")] == [
+        4, 8, 2, 2, 3, 0, 0
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("language", nbbuild.LANGUAGES)
+@pytest.mark.parametrize("name", NAMES)
+def test_figure_data_in_the_pages_has_at_most_four_significant_digits(name, language):
+    """More digits than the eye can see are rounding noise that differs from machine to machine."""
+    from attnlib.viz import SIGNIFICANT_DIGITS
+
+    for cell in code_cells(load(language, name)):
+        for output in cell["outputs"]:
+            html = output.get("data", {}).get("text/html")
+            if not html:
+                continue
+            for array in _z_arrays("".join(html) if isinstance(html, list) else html):
+                numbers = re.findall(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", array)
+                worst = max(numbers, key=significant_digits, default="0")
+                assert significant_digits(worst) <= SIGNIFICANT_DIGITS, (
+                    f"{language}/{name}: a figure stores {worst} ({significant_digits(worst)} significant digits); "
+                    "draw it with attnlib.viz (which rounds) and rebuild the chapter"
+                )
