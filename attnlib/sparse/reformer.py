@@ -793,7 +793,8 @@ class ReformerSelfAttention(nn.Module):
     """Reformer LSH self-attention block, ``x: (B, N, C) -> (B, N, C)``.
 
     One shared query/key projection and one value projection (Sec. 2, "Shared-QK"),
-    :func:`lsh_attention` per head, and an output projection. With ``seed`` set, every
+    :func:`lsh_attention` per head (unit keys, logits ``q_i . k_j`` with no ``1 / sqrt(d)``, as
+    in the authors' code), and an output projection. With ``seed`` set, every
     forward pass hashes with the same rotations (reproducible); with ``seed=None`` each
     pass draws fresh rotations from torch's global generator, as in training.
     """
