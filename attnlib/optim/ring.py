@@ -57,6 +57,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import NamedTuple
@@ -804,8 +805,38 @@ def _entry(rank, worker, world_size, init_file, backend, result_dir, timeout_s, 
     try:
         result = worker(rank, world_size, *args)
         torch.save(result, os.path.join(result_dir, f"rank{rank}.pt"))
+    except BaseException as error:
+        # the time tells the parent which rank failed first (the others fail because it is gone)
+        message = "".join(traceback.format_exception(error))
+        last_line = f"{type(error).__name__}: {error}"
+        with open(os.path.join(result_dir, f"error{rank}.txt"), "w") as handle:
+            handle.write(f"{time.time()!r}\n{last_line}\n{message}")
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _first_failure(folder: str, world_size: int):
+    """``(rank, last line, traceback)`` of the rank that failed first, or None."""
+    failures = []
+    for rank in range(world_size):
+        path = os.path.join(folder, f"error{rank}.txt")
+        if os.path.exists(path):
+            with open(path) as handle:
+                when, last_line, message = handle.read().split("\n", 2)
+            failures.append((float(when), rank, last_line, message))
+    if not failures:
+        return None
+    _, rank, last_line, message = min(failures)
+    return rank, last_line, message
+
+
+def _stop(context) -> None:
+    for process in context.processes:
+        if process.is_alive():
+            process.terminate()
+    for process in context.processes:
+        process.join(5)
 
 
 def launch(
@@ -813,13 +844,14 @@ def launch(
 ) -> list:
     """Run ``worker(rank, world_size, *args)`` in ``world_size`` fresh processes joined in a process group.
 
-    The processes are started with ``torch.multiprocessing`` (method "spawn"), meet through a file
-    in a temporary folder (nothing listens on the network) and return their results (anything
-    ``torch.save`` takes), listed by rank. ``worker`` must be importable by name (a function of a
-    module, not of a notebook).
+    The processes are started with ``torch.multiprocessing``, meet through a file in a temporary
+    folder (nothing listens on the network) and return their results (anything ``torch.save``
+    takes), listed by rank. Each process uses ``threads`` threads.
 
-    If a rank raises, the others are stopped and a RuntimeError names that rank and carries its
-    traceback; after ``timeout`` seconds every rank is stopped and TimeoutError is raised.
+    If a rank raises, the others are stopped and a RuntimeError names the rank that failed first
+    and carries its traceback; after ``timeout`` seconds every rank is stopped and TimeoutError is
+    raised. On Linux the processes are forked (no second import of torch: fast, and ``worker`` may
+    be any function); elsewhere, or with ``start_method="spawn"``, ``worker`` must be importable.
     """
     check_positive_int("world_size", world_size)
     check_positive_int("threads", threads)
@@ -849,22 +881,19 @@ def launch(
                         f"the {world_size} ranks did not finish within {timeout} s (a rank waits for a message "
                         "that never comes?); all were stopped"
                     )
-        except mp.ProcessRaisedException as error:
-            message = str(error).strip().splitlines()[-1]
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
+            _stop(context)
+            first = _first_failure(folder, world_size)
+            if first is None:  # killed by a signal, or exited without a Python exception
+                raise RuntimeError(
+                    f"rank {error.error_index} of {world_size} failed ({error}); the others were stopped"
+                ) from error
+            rank, last_line, message = first
             raise RuntimeError(
-                f"rank {error.error_index} of {world_size} raised {message!r}; the other ranks were stopped.\n{error}"
-            ) from None
-        except mp.ProcessExitedException as error:
-            raise RuntimeError(
-                f"rank {error.error_index} of {world_size} exited with code {error.exit_code}; "
-                "the other ranks were stopped"
+                f"rank {rank} of {world_size} raised {last_line!r}; the other ranks were stopped.\n{message}"
             ) from None
         finally:
-            for process in context.processes:
-                if process.is_alive():
-                    process.terminate()
-            for process in context.processes:
-                process.join(5)
+            _stop(context)
         return [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
