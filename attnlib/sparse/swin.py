@@ -13,7 +13,7 @@ Contract
   Its weights carry the official names and shapes: ``qkv`` (one fused Linear ``C -> 3C``),
   ``proj``, ``relative_position_bias_table`` ``((2M-1)^2, h)`` and the buffer ``relative_position_index``.
 * :func:`swin_pattern`: the boolean ``(N, N)`` mask of which pixels each pixel sees, for tests
-  and figures only. The library path never builds an ``N x N`` matrix: scores are ``(B, h, nW, T, T)``.
+  and figures only. The library path never builds an ``N x N`` matrix: scores are ``(B * nW, h, T, T)``.
 
 Equations
 ---------

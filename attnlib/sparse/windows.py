@@ -17,7 +17,7 @@ The relative position bias follows the official Swin code (``WindowAttention``):
 ``(dy, dx)`` is the position of query ``i`` minus the position of key ``j`` inside the group.
 timm's MaxViT (``maxxvit.py``, ``RelPosBias``) uses the same table and index.
 
-The library path never builds an ``N x N`` matrix: the scores are ``(B, h, nW, T, T)``.
+The library path never builds an ``N x N`` matrix: the scores are ``(B * nW, h, T, T)``.
 :func:`dense_biased_attention` and :func:`dense_relative_position_bias` *do* build it:
 they are the test oracle and serve small figures.
 
