@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Re-create the committed CPU measurements (about 4 minutes on 2 idle cores; run it on an
-# otherwise idle machine). Every method is measured in the same run, each configuration in a
-# fresh process: B=1, H=4, d=64, float32, 2 threads, attention core only (q, k, v given).
+# Re-create the committed CPU measurements that the chapters read: every method in one run per
+# kind, each configuration in a fresh process (median of 3 after warm-up, peak memory), 2 threads.
+# About 10 minutes on 2 idle cores; run it on an otherwise idle machine. Ctrl-C and rerun resumes;
+# --restart (passed through) measures everything again.
+#   language: attention core, q, k, v given: B=1, H=4, d=64, float32, N = 1K .. 16K
+#   vision:   token mixers on square maps: B=1, C=96, 3 heads, sides 28 .. 140 (N = 784 .. 19,600);
+#             dense attention is skipped where its two N x N buffers would exceed 5 GiB
+#   quality:  associative recall, each language method trained with the same budget
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-"$PY" -m attnlib.bench run \
-  --methods dense,sdpa,bigbird,reformer,flash \
+"$PY" -m attnlib.bench run "$@" \
+  --methods dense,sdpa,bigbird,reformer,flash,bigbird_flash \
   --sizes 1024,2048,4096,8192,16384 --repeats 3 \
   --out benchmarks/results/cpu_attention.csv \
   --plot benchmarks/results/cpu_attention.png
+"$PY" -m attnlib.bench run "$@" --kind vision \
+  --methods dense,sdpa,swin,maxvit,pvt,dat,mixer,poolformer,coat \
+  --sizes 28,56,84,112,140 --channels 96 --heads 3 --repeats 3 --max-memory-gib 5 \
+  --out benchmarks/results/cpu_vision.csv \
+  --plot benchmarks/results/cpu_vision.png
+"$PY" benchmarks/quality.py --out benchmarks/results/cpu_quality.csv

@@ -1,0 +1,74 @@
+"""attnlib.compare: the comparison chapter's tables come from the registry and the benchmark rows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from attnlib import bench, compare, registry
+
+
+def rows_for(methods_and_costs, sizes=(1024, 2048, 4096)):
+    """Benchmark rows where method m at size N takes factor * N^power seconds and mem * N MiB."""
+    rows = []
+    for name, factor, power, memory in methods_and_costs:
+        for N in sizes:
+            rows.append({"method": name, "N": N, "median_s": factor * N**power, "peak_mib": memory * N,
+                         "status": "ok", "error": ""})  # fmt: skip
+    return rows
+
+
+def test_ratios_and_slopes_come_from_the_rows():
+    rows = rows_for([("dense", 1e-9, 2.0, 0.01), ("sdpa", 0.5e-9, 2.0, 0.001), ("fast", 1e-6, 1.0, 0.002)])
+    table = compare.ratio_table(rows, baseline="dense")
+    speed, memory = table["fast"][4096]
+    assert speed == pytest.approx(1e-9 * 4096**2 / (1e-6 * 4096)) and memory == pytest.approx(0.2)
+    assert set(table) == {"sdpa", "fast"}  # the baseline is not compared with itself
+    slopes = compare.slope_table(rows)
+    assert slopes["dense"][0] == pytest.approx(2.0) and slopes["fast"][0] == pytest.approx(1.0)
+
+
+def test_a_size_the_baseline_could_not_take_has_no_ratio():
+    rows = rows_for([("dense", 1e-9, 2.0, 0.01), ("fast", 1e-6, 1.0, 0.002)])
+    rows[2] = dict(rows[2], status="skipped", median_s=math.nan, peak_mib=math.nan)  # dense at 4096
+    assert 4096 not in compare.ratio_table(rows)["fast"]
+
+
+def test_a_method_added_to_the_registry_appears_without_touching_the_chapter(monkeypatch):
+    toy = registry.Method(
+        name="toy", title="A toy", category="approximation", domain="language", paper="-", url="-",
+        time_cost="O(N)", memory_cost="O(N)", attention="attnlib.reference:attention",
+        module="attnlib.reference:MultiHeadSelfAttention", pattern=None, chapter="13_comparison.ipynb",
+    )  # fmt: skip
+    monkeypatch.setattr(registry, "METHODS", [*registry.METHODS, toy])
+    rows = rows_for([("dense", 1e-9, 2.0, 0.01), ("toy", 1e-6, 1.0, 0.001)])
+    slopes = compare.slope_table(rows)
+    properties = {row["method"]: row for row in compare.properties_table(slopes)}
+    assert properties["toy"]["time_slope"] == pytest.approx(1.0) and properties["toy"]["exact"] is False
+    assert properties["toy"]["loses"] == "-"
+    assert "toy" in compare.ratio_table(rows)
+    html = compare.interactive_cost_figure(rows, div_id="cmp-test").data
+    assert '"name":"toy"' in html and '"name":"dense"' in html
+
+
+def test_every_registered_method_is_in_the_properties_table():
+    assert [row["method"] for row in compare.properties_table()] == [m.name for m in registry.METHODS]
+
+
+def test_the_committed_results_read_back():
+    rows = bench.read_results(bench.results_path("cpu_attention.csv"))
+    assert {"dense", "sdpa"} <= {row["method"] for row in rows}
+    assert compare.ratio_table(rows)["sdpa"]
+
+
+def test_format_ratio():
+    assert [compare.format_ratio(x) for x in (3.14159, 0.01234, 64.4, math.nan, None)] == [
+        "3.1x",
+        "0.012x",
+        "64x",
+        "-",
+        "-",
+    ]
+    with pytest.raises(ValueError, match="quantity"):
+        compare.interactive_cost_figure([], div_id="x", quantity="speed")
