@@ -216,3 +216,16 @@ def test_registry_row():
     assert isinstance(mixer, CoaTMixer2d) and mixer.attn.crpe.window == {3: 1, 5: 1, 7: 1}
     assert mixer(torch.randn(2, 7, 9, 96)).shape == (2, 7, 9, 96)
     assert method.module_cls() is FactorAttConvRelPosEnc
+
+
+def test_mixing_matrices_without_class_token():
+    torch.manual_seed(0)
+    attn = FactorAttConvRelPosEnc(8, 2)
+    x = torch.randn(1, 12, 8)
+    factorized, position, offset = conv_att_mixing_matrix(attn, x, (3, 4), num_prefix_tokens=0)
+    _, _, v = attn.qkv_heads(x)
+    v = v.double()
+    rebuilt = torch.einsum("bhij,bhjc->bhic", factorized, v) + torch.einsum("bhcij,bhjc->bhic", position, v) + offset
+    torch.testing.assert_close(rebuilt, attn.mix_heads(x, (3, 4), 0).double(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="num_prefix_tokens must be 0 or 1"):
+        conv_att_mixing_matrix(attn, x, (3, 4), num_prefix_tokens=2)

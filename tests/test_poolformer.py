@@ -96,10 +96,10 @@ def test_block_matches_loop_transcription():
             p.add_(0.3 * torch.randn_like(p))
     x = torch.randn(2, 4, 3, 6)
     norm1 = loop_group_norm(x, block.norm1.weight, block.norm1.bias)
-    y = x + block.layer_scale_1 * loop_pooling(norm1, 3)  # Eq. (1)
+    y = x + block.layer_scale_1 * loop_pooling(norm1, 3)  # Eq. (2)
     norm2 = loop_group_norm(y, block.norm2.weight, block.norm2.bias)
     hidden = loop_gelu(norm2 @ block.mlp.fc1.weight.T + block.mlp.fc1.bias)
-    z = y + block.layer_scale_2 * (hidden @ block.mlp.fc2.weight.T + block.mlp.fc2.bias)  # Eq. (2)
+    z = y + block.layer_scale_2 * (hidden @ block.mlp.fc2.weight.T + block.mlp.fc2.bias)  # Eq. (3)
     torch.testing.assert_close(block(x), z, atol=1e-5, rtol=1e-5)
 
 

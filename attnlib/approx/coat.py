@@ -258,8 +258,10 @@ def _conv_matrices(crpe: ConvRelPosEnc, size: tuple[int, int], dtype) -> torch.T
 
 
 @torch.no_grad()
-def conv_att_mixing_matrix(attn: FactorAttConvRelPosEnc, x: torch.Tensor, size, *, dtype=torch.float64):
-    """Effective mixing matrices of conv-attention at input ``x: (B, 1 + H W, C)``.
+def conv_att_mixing_matrix(
+    attn: FactorAttConvRelPosEnc, x: torch.Tensor, size, *, num_prefix_tokens: int = 1, dtype=torch.float64
+):
+    """Effective mixing matrices of conv-attention at input ``x: (B, num_prefix_tokens + H W, C)``.
 
     Returns ``(factorized, position, offset)``: ``factorized: (B, h, N, N)`` is
     ``scale * Q softmax(K)^T`` (the same for every channel of a head, rank <= d),
@@ -268,16 +270,19 @@ def conv_att_mixing_matrix(attn: FactorAttConvRelPosEnc, x: torch.Tensor, size, 
     ``(factorized + position[..., c, :, :]) @ V[..., c] + offset[..., c]`` for each channel ``c``.
     Computed in ``dtype`` (float64 by default, for figures). Small maps only: these ARE the N x N matrices.
     """
-    H, W = attn._check_tokens(x, size, 1)
+    if num_prefix_tokens not in (0, 1):
+        raise ValueError(f"num_prefix_tokens must be 0 or 1 (a class token), got {num_prefix_tokens!r}")
+    H, W = attn._check_tokens(x, size, num_prefix_tokens)
+    p = num_prefix_tokens
     q, k, v = (t.to(dtype) for t in attn.qkv_heads(x))  # each (B, h, N, d)
     B, h, N, d = q.shape
     factorized = attn.scale * q @ k.softmax(dim=-2).transpose(-2, -1)  # (B, h, N, N)
     conv = _conv_matrices(attn.crpe, (H, W), dtype)  # (h, d, HW, HW)
-    q_img = q[:, :, 1:].transpose(2, 3)  # (B, h, d, HW)
+    q_img = q[:, :, p:].transpose(2, 3)  # (B, h, d, HW)
     position = torch.zeros(B, h, d, N, N, dtype=dtype, device=x.device)  # (B, h, d, N, N)
-    position[..., 1:, 1:] = q_img[..., :, None] * conv  # (B, h, d, HW, HW): diag(Q[:, c]) T_c
+    position[..., p:, p:] = q_img[..., :, None] * conv  # (B, h, d, HW, HW): diag(Q[:, c]) T_c
     bias = torch.cat([conv.bias for conv in attn.crpe.conv_list]).to(dtype).view(h, d)  # (h, d)
-    offset = F.pad(q[:, :, 1:] * bias[:, None, :], (0, 0, 1, 0))  # (B, h, N, d)
+    offset = F.pad(q[:, :, p:] * bias[:, None, :], (0, 0, p, 0))  # (B, h, N, d)
     return factorized, position, offset
 
 

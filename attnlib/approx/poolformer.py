@@ -6,14 +6,14 @@ Chapter: "PoolFormer" (chapters/*/08_poolformer.ipynb).
 Contract: :class:`Pooling` and :class:`PoolFormerBlock` map ``x: (B, H, W, C)`` to the same
 shape. Sec. 3.1 writes the MetaFormer block as
 
-    Y = X + TokenMixer(Norm(X))                      (1)
-    Z = Y + sigma(Norm(Y) W_1) W_2                   (2)
+    Y = TokenMixer(Norm(X)) + X                      (2)
+    Z = sigma(Norm(Y) W_1) W_2 + Y                   (3)
 
 and Sec. 3.2, Eq. (4), picks the simplest token mixer there is, pooling:
 
     T'_{:,i,j} = 1/(K K) sum_{p,q=1..K} T_{:,i+p-(K+1)/2, j+q-(K+1)/2} - T_{:,i,j}     (4)
 
-The identity is subtracted because the block adds its input back (the residual of Eq. (1)).
+The identity is subtracted because the block adds its input back (the residual of Eq. (2)).
 As in the official code (``Pooling``): ``AvgPool2d(pool_size, stride=1, padding=pool_size // 2,
 count_include_pad=False)``, so a border pixel averages over the neighbours that exist: the
 mixer of a constant image is zero everywhere, the borders included. The norm is GroupNorm with
@@ -92,7 +92,7 @@ class GroupNorm1(nn.Module):
 
 
 class PoolFormerMlp(nn.Module):
-    """The channel MLP of Eq. (2): ``fc2(GELU(fc1(x)))`` on each position (1 x 1 convs in the official code)."""
+    """The channel MLP of Eq. (3): ``fc2(GELU(fc1(x)))`` on each position (1 x 1 convs in the official code)."""
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
@@ -109,8 +109,8 @@ class PoolFormerMlp(nn.Module):
 class PoolFormerBlock(nn.Module):
     """One MetaFormer block with the pooling mixer, ``x: (B, H, W, C) -> (B, H, W, C)``.
 
-    ``x = x + layer_scale_1 * token_mixer(norm1(x))`` (Eq. (1)), then
-    ``x = x + layer_scale_2 * mlp(norm2(x))`` (Eq. (2)); names as in the official ``PoolFormerBlock``.
+    ``x = x + layer_scale_1 * token_mixer(norm1(x))`` (Eq. (2)), then
+    ``x = x + layer_scale_2 * mlp(norm2(x))`` (Eq. (3)); names as in the official ``PoolFormerBlock``.
     """
 
     def __init__(
@@ -138,9 +138,9 @@ class PoolFormerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_map(x, self.dim)
         mixed = self.token_mixer(self.norm1(x))  # (B, H, W, C)
-        x = x + (self.layer_scale_1 * mixed if self.use_layer_scale else mixed)  # Eq. (1)
+        x = x + (self.layer_scale_1 * mixed if self.use_layer_scale else mixed)  # Eq. (2)
         channel = self.mlp(self.norm2(x))  # (B, H, W, C)
-        return x + (self.layer_scale_2 * channel if self.use_layer_scale else channel)  # Eq. (2)
+        return x + (self.layer_scale_2 * channel if self.use_layer_scale else channel)  # Eq. (3)
 
 
 def pooling_mixing_matrix(height: int, width: int, pool_size: int = 3, *, dtype=torch.float64) -> torch.Tensor:
