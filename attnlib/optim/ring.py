@@ -51,6 +51,7 @@ Shape legend
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import shutil
@@ -874,6 +875,10 @@ def launch(
             start_method=start_method,
         )
         deadline = time.monotonic() + timeout
+        # join() logs a warning with process ids when it stops the other ranks; the error raised here says it
+        spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+        spawn_log_level = spawn_log.level
+        spawn_log.setLevel(logging.ERROR)
         try:
             while not context.join(timeout=0.2):
                 if time.monotonic() > deadline:
@@ -894,6 +899,7 @@ def launch(
             ) from None
         finally:
             _stop(context)
+            spawn_log.setLevel(spawn_log_level)
         return [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
