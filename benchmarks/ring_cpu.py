@@ -4,7 +4,9 @@ Each (P, N) runs in a fresh group of P processes (attnlib.optim.ring.launch), on
 one causal forward + backward (zigzag layout, B=1, H=1, d=64, float32) measures each rank's
 peak resident memory above what it held before building its shards; then the best of
 ``--repeats`` timed forward + backward passes gives the time and the share spent waiting for
-key/value blocks and their gradients (communication not hidden behind compute).
+key/value blocks and their gradients (communication not hidden behind compute). Each rank asks
+glibc to map every allocation above 64 KiB on its own, so that freed tensors leave the resident
+set (see ``ring.measure_worker``).
 
     .venv/bin/python benchmarks/ring_cpu.py                  # writes benchmarks/results/cpu_ring.csv/.png
 

@@ -6,6 +6,7 @@ several configurations in it: starting processes is most of the cost.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -319,6 +320,27 @@ def _check_report(report, world_size):
 @pytest.mark.parametrize("world_size", [2, 3, 4])
 def test_ring_matches_reference(world_size):
     _check_report(ring.compare_with_reference(CASES[world_size], world_size, timeout=120), world_size)
+
+
+def test_triton_local_block_matches_the_torch_tiles():
+    """The GPU path's local block (Triton kernels), run here by Triton's interpreter on the CPU:
+    the same (out, lse) and gradients as the PyTorch tiles, for a causal piece with grouped heads.
+
+    One block, in this process: the ring around it is the same code for both backends.
+    """
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs TRITON_INTERPRET=1 (set by conftest.py on a machine without a GPU)")
+    pytest.importorskip("attnlib.optim.flash_triton")
+    q, k, v = make_qkv(1, 2, 1, 16, 24, 16, seed=40)
+    dout = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(41))
+    results = {}
+    for backend in ("torch", "triton"):
+        local = ring._LocalFlash(backend, 0.25, 64, 64)
+        out, lse = local.forward(q, k, v, True)
+        assert out.dtype == torch.float32 and lse.shape == (1, 2, 16)
+        results[backend] = (out, lse, *local.backward(q, k, v, out, lse, dout, True))
+    for got, want in zip(results["triton"], results["torch"]):
+        torch.testing.assert_close(got.float(), want.float(), atol=TOLERANCE, rtol=0)
 
 
 def test_fully_masked_rows_are_zero_with_minus_inf_lse():

@@ -920,6 +920,7 @@ class RingCase:
     layout: str = "zigzag"
     seed: int = 0
     logit_scale: float = 1.0  # multiplies q: large values test the merge at large logits
+    backend: str = "auto"  # the local FlashAttention: "auto", "torch" or "triton"
 
 
 def _case_inputs(case: RingCase):
@@ -941,7 +942,9 @@ def _cases_worker(rank: int, world_size: int, cases) -> list[dict]:
         q, k, v, dout = (shard(x, rank, world_size, layout=case.layout) for x in _case_inputs(case))
         q, k, v = (x.requires_grad_() for x in (q, k, v))
         stats = RingStats()
-        out, lse = ring_attention(q, k, v, causal=case.causal, layout=case.layout, return_lse=True, stats=stats)
+        out, lse = ring_attention(
+            q, k, v, causal=case.causal, layout=case.layout, return_lse=True, stats=stats, backend=case.backend
+        )
         out.backward(dout)
         results.append(dict(out=out.detach(), lse=lse, dq=q.grad, dk=k.grad, dv=v.grad, pairs=stats.pairs))
     return results
@@ -995,6 +998,22 @@ def _rss_bytes(field_name: str) -> int:
     return 0
 
 
+def _map_large_allocations_directly() -> None:
+    """Ask glibc to give every allocation above 64 KiB its own mapping (``mallopt(M_MMAP_THRESHOLD)``).
+
+    By default glibc raises that threshold as large blocks are freed and then keeps freed tensors
+    in its heap, so the resident set would follow the allocator's reuse pattern more than the
+    tensors alive. A no-op where the C library has no ``mallopt``.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    if mallopt is not None:
+        mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD = -3 in malloc.h
+
+
 def _release_free_memory() -> None:
     """Hand the C allocator's free memory back to the system (glibc ``malloc_trim``; a no-op elsewhere)."""
     import ctypes
@@ -1011,10 +1030,12 @@ def measure_worker(rank: int, world_size: int, config: dict) -> dict:
 
     ``config``: ``N`` (whole sequence), ``B``, ``H``, ``d``, ``layout``, ``repeats``. Memory is
     measured on the second step, as in a training loop: the first step at full size pays one-time
-    allocations (thread pools, BLAS and gloo buffers). Before the second, the resident-set
-    high-water mark is reset (Linux); the peak above the resident set then counts this rank's
-    shards, the ring's buffers, the gradients and the tiles.
+    allocations (thread pools, BLAS and gloo buffers). Large allocations get their own mappings
+    (:func:`_map_large_allocations_directly`), so freed tensors leave the resident set. Before the
+    second step the resident-set high-water mark is reset (Linux); the peak above the resident set
+    then counts this rank's shards, the ring's buffers, the gradients and the tiles.
     """
+    _map_large_allocations_directly()
     N, B, H, d = config["N"], config["B"], config["H"], config["d"]
     layout = config.get("layout", "zigzag")
     n = N // world_size
