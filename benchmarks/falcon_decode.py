@@ -12,7 +12,10 @@ random prompt of P tokens, and measures
   checked against the buffers actually allocated.
 
 Attention is ``attention="flash"``: the PyTorch tiles of attnlib.optim.flash on a CPU, the Triton
-kernel on a GPU. Only ratios measured in the same run mean something on a shared CPU.
+kernel on a GPU. Only ratios measured in the same run mean something on a shared CPU. There,
+``--clock process`` with ``--threads 1`` times the CPU time of the process instead of the wall
+time: other processes on the machine then slow a measurement much less (they still share caches
+and memory bandwidth).
 
 Usage::
 
@@ -45,7 +48,7 @@ from attnlib.optim.falcon import FalconConfig, FalconForCausalLM, KVCache, kv_ca
 SETTINGS = {"mha": (False, 8), "gqa": (True, 2), "mqa": (False, 1)}
 FIELDS = [
     "setting", "H", "H_kv", "layers", "hidden", "prompt_len", "cache_bytes", "cached_ms", "recompute_ms",
-    "speedup", "cached_tokens_per_s", "recompute_tokens_per_s", "threads", "device", "error",
+    "speedup", "cached_tokens_per_s", "recompute_tokens_per_s", "threads", "clock", "device", "error",
 ]  # fmt: skip
 
 
@@ -67,10 +70,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(setting: str, prompt_len: int, *, steps: int, repeats: int, threads: int, device: str) -> dict:
-    """One configuration, in this process."""
+def measure(
+    setting: str, prompt_len: int, *, steps: int, repeats: int, threads: int, device: str, clock: str = "wall"
+) -> dict:
+    """One configuration, in this process; ``clock`` is "wall" or "process" (CPU time, for one CPU thread)."""
     torch.set_num_threads(threads)
     device = torch.device(device)
+    if clock == "process" and (device.type != "cpu" or threads != 1):
+        raise ValueError(f"clock='process' measures one CPU thread, got device {device.type}, threads={threads}")
+    timer = time.process_time if clock == "process" else time.perf_counter
     config = model_config(setting, prompt_len + steps + 1)
     torch.manual_seed(0)
     model = FalconForCausalLM(config).to(device).eval()
@@ -81,20 +89,20 @@ def measure(setting: str, prompt_len: int, *, steps: int, repeats: int, threads:
         recompute = []
         for _ in range(repeats):
             _sync(device)
-            start = time.perf_counter()
+            start = timer()
             model(prompt)  # (1, P, V): the next token without a cache
             _sync(device)
-            recompute.append(time.perf_counter() - start)
+            recompute.append(timer() - start)
 
         cache = KVCache(config, 1, prompt_len + steps, device=device)
         next_token = model(prompt, cache=cache)[:, -1:].argmax(-1)  # prefill: P tokens cached
         cached = []
         for _ in range(steps):
             _sync(device)
-            start = time.perf_counter()
+            start = timer()
             next_token = model(next_token, cache=cache)[:, -1:].argmax(-1)  # (1, 1): one step, cache + 1
             _sync(device)
-            cached.append(time.perf_counter() - start)
+            cached.append(timer() - start)
     cache_bytes = kv_cache_bytes(config, 1, prompt_len)
     assert KVCache(config, 1, prompt_len).nbytes == cache_bytes
     cached_s, recompute_s = statistics.median(cached), statistics.median(recompute)
@@ -112,6 +120,7 @@ def measure(setting: str, prompt_len: int, *, steps: int, repeats: int, threads:
         "cached_tokens_per_s": 1 / cached_s,
         "recompute_tokens_per_s": 1 / recompute_s,
         "threads": threads,
+        "clock": clock,
         "device": device.type,
         "error": "",
     }
@@ -167,6 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="recompute passes timed")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clock", default="wall", choices=["wall", "process"], help="process: CPU time, 1 thread")
     parser.add_argument("--out", default="benchmarks/results/cpu_falcon_decode.csv")
     parser.add_argument("--plot", default=None)
     args = parser.parse_args(argv)
@@ -174,7 +184,7 @@ def main(argv=None) -> int:
         config = json.loads(args.worker)
         print(json.dumps(measure(**config)))
         return 0
-    options = dict(steps=args.steps, repeats=args.repeats, threads=args.threads, device=args.device)
+    options = dict(steps=args.steps, repeats=args.repeats, threads=args.threads, device=args.device, clock=args.clock)
     rows = []
     for P in (int(s) for s in args.sizes.split(",")):
         for setting in args.settings.split(","):
