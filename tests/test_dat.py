@@ -43,7 +43,7 @@ def bilinear_long_way(image: torch.Tensor, y: float, x: float) -> torch.Tensor:
 
 
 def long_way(block: DeformableAttention, x: torch.Tensor) -> torch.Tensor:
-    """Eq. (7)-(9) one group, one point, one head and one query at a time (the test oracle)."""
+    """Eq. (6)-(9) one group, one point, one head and one query at a time (the test oracle)."""
     B, H, W, C = x.shape
     nh, d, g = block.num_heads, block.head_dim, block.n_groups
     Cg, hg = C // g, nh // g
@@ -61,11 +61,11 @@ def long_way(block: DeformableAttention, x: torch.Tensor) -> torch.Tensor:
             group_points = []
             for i in range(Hk):
                 for j in range(Wk):
-                    py = (i + 0.5) / Hk * 2 - 1 + s * math.tanh(raw[0, i, j].item()) / Hk  # Eq. (7)
+                    py = (i + 0.5) / Hk * 2 - 1 + s * math.tanh(raw[0, i, j].item()) / Hk  # Eq. (6)
                     px = (j + 0.5) / Wk * 2 - 1 + s * math.tanh(raw[1, i, j].item()) / Wk
                     group_points.append((py, px))
             points.append(group_points)
-            sampled.append(torch.stack([bilinear_long_way(image, py, px) for py, px in group_points]))  # Eq. (8)
+            sampled.append(torch.stack([bilinear_long_way(image, py, px) for py, px in group_points]))  # Eq. (7)
         features = torch.cat(sampled, dim=1)  # (Ns, C): point n of every group, channels side by side
         k = features @ block.proj_k.weight.T + block.proj_k.bias  # (Ns, C)
         v = features @ block.proj_v.weight.T + block.proj_v.bias  # (Ns, C)

@@ -1,7 +1,7 @@
 """DAT deformable attention: every query attends to keys sampled at a few learned, data-dependent points.
 
 Xia et al., "Vision Transformer with Deformable Attention", CVPR 2022, arXiv:2201.00520,
-Sec. 3.2-3.3, Eq. (7)-(9); official module ``DAttentionBaseline`` (``models/dat_blocks.py``).
+Sec. 3.2-3.3, Eq. (6)-(9); official module ``DAttentionBaseline`` (``models/dat_blocks.py``).
 Chapter: "DAT" (chapters/*/04_dat.ipynb).
 
 Contract
@@ -10,8 +10,8 @@ Contract
 and a downsampling factor ``r`` (the official ``stride``):
 
     p          = uniform reference grid of Hk x Wk = ceil(H / r) x ceil(W / r) points
-    q          = x W_q,   dp = s * tanh(theta_offset(q)) * (1 / Hk, 1 / Wk)     Eq. (7)
-    x~         = phi(x; p + dp)          bilinear sampling at the deformed points   Eq. (8)
+    q          = x W_q,   dp = s * tanh(theta_offset(q)) * (1 / Hk, 1 / Wk)     Eq. (6)
+    x~         = phi(x; p + dp)          bilinear sampling at the deformed points   Eq. (6)-(7)
     k~ = x~ W_k,  v~ = x~ W_v
     z^(m)      = sigma(q^(m) k~^(m)T / sqrt(d) + phi(B^; R)) v~^(m)                Eq. (9)
     z          = Concat(z^(0), ..., z^(nh-1)) W_o
@@ -92,14 +92,14 @@ def reference_points(rows: int, cols: int, *, dtype=torch.float32, device=None) 
 
 
 def bounded_offsets(raw: torch.Tensor, offset_range_factor: float) -> torch.Tensor:
-    """Eq. (7)'s bound: raw ``(..., 2, Hk, Wk)`` -> ``s * tanh(raw) * (1 / Hk, 1 / Wk)``, ``(..., Hk, Wk, 2)``."""
+    """Eq. (6)'s offsets, bounded: raw ``(..., 2, Hk, Wk)`` -> ``s tanh(raw) (1/Hk, 1/Wk)``, ``(..., Hk, Wk, 2)``."""
     Hk, Wk = raw.shape[-2:]
     offset_range = torch.tensor([1.0 / Hk, 1.0 / Wk], dtype=raw.dtype, device=raw.device)  # (2,)
     return raw.movedim(-3, -1).tanh() * offset_range * offset_range_factor  # (..., Hk, Wk, 2)
 
 
 def sample_at(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Eq. (8): bilinear sampling of ``(Bg, Cg, H, W)`` features at ``(Bg, Hk, Wk, 2)`` normalized ``(y, x)``.
+    """Eq. (7): bilinear sampling of ``(Bg, Cg, H, W)`` features at ``(Bg, Hk, Wk, 2)`` normalized ``(y, x)``.
 
     Returns ``(Bg, Cg, Hk, Wk)``. ``align_corners=True`` and zero padding, as the official code.
     """
@@ -195,7 +195,7 @@ class _LayerNormChannels(nn.Module):
 
 
 class DeformableAttention(nn.Module):
-    """DAT's deformable multi-head attention, ``x: (B, H, W, C) -> (B, H, W, C)`` (Eq. (7)-(9)).
+    """DAT's deformable multi-head attention, ``x: (B, H, W, C) -> (B, H, W, C)`` (Eq. (6)-(9)).
 
     Names as in the official ``DAttentionBaseline``: ``proj_q``, ``proj_k``, ``proj_v``,
     ``proj_out``, ``conv_offset``, ``rpe_table``. The map size is fixed at construction
@@ -294,7 +294,7 @@ class DeformableAttention(nn.Module):
         q_groups = q.permute(0, 3, 1, 2).reshape(B * g, Cg, H, W)  # (B*g, Cg, H, W)
         raw = self.conv_offset(q_groups)  # (B*g, 2, Hk, Wk)
         Hk, Wk = raw.shape[-2:]
-        offsets = bounded_offsets(raw, self.offset_range_factor)  # (B*g, Hk, Wk, 2), Eq. (7)
+        offsets = bounded_offsets(raw, self.offset_range_factor)  # (B*g, Hk, Wk, 2), Eq. (6)
         reference = reference_points(Hk, Wk, dtype=q.dtype, device=q.device)  # (Hk, Wk, 2)
         positions = reference + offsets  # (B*g, Hk, Wk, 2)
         return positions.view(B, g, Hk, Wk, 2), reference
@@ -311,7 +311,7 @@ class DeformableAttention(nn.Module):
         positions, _ = self._positions(q_map)  # (B, g, Hk, Wk, 2)
         Hk, Wk = positions.shape[2:4]
         x_groups = x.permute(0, 3, 1, 2).reshape(B * g, Cg, H, W)  # (B*g, Cg, H, W)
-        sampled = sample_at(x_groups, positions.flatten(0, 1))  # (B*g, Cg, Hk, Wk), Eq. (8)
+        sampled = sample_at(x_groups, positions.flatten(0, 1))  # (B*g, Cg, Hk, Wk), Eq. (7)
         sampled = sampled.view(B, C, Hk * Wk).transpose(1, 2)  # (B, Ns, C)
         q = q_map.view(B, H * W, nh, d).transpose(1, 2)  # (B, nh, N, d)
         k = self.proj_k(sampled).view(B, -1, nh, d).transpose(1, 2)  # (B, nh, Ns, d)
