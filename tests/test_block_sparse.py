@@ -184,16 +184,16 @@ def test_patterns_match_reference(B, H, H_kv, N_q, N_k, d, name, block_q, block_
 
 
 def test_bigbird_per_head_pattern_matches_reference():
-    bm = bmk.bigbird_block_mask(256, block_size=32, num_random_blocks=2, num_heads=4, seed=1)
+    bm = bmk.bigbird_block_mask(200, block_size=32, num_random_blocks=1, num_heads=4, seed=1)
     assert bm.kinds.shape[:2] == (1, 4)
-    check_both_paths(1, 4, 2, 256, 256, 16, bm)
+    check_both_paths(1, 4, 2, 200, 200, 16, bm)
 
 
 def test_per_batch_and_head_dense_mask():
     """A (B, H, N_q, N_k) random mask: lists of different lengths per batch element and head."""
     mask = torch.rand(2, 3, 70, 90, generator=torch.Generator().manual_seed(0)) < 0.2
     mask[0, 0, :5] = False  # fully masked rows
-    bm = bmk.block_mask_from_dense(mask, block_q=32, block_k=16)
+    bm = bmk.block_mask_from_dense(mask, block_q=32, block_k=32)
     check_both_paths(2, 3, 3, 70, 90, 16, bm)
 
 
