@@ -117,7 +117,7 @@ def dense_memory_traffic_bytes(N: int, d: int, *, element_bytes: int = 2, batch_
 
 
 def flash_memory_traffic_bytes(
-    N: int, d: int, *, sram_bytes: int = 192 * 1024, element_bytes: int = 2, batch_heads: int = 1
+    N: int, d: int, *, sram_bytes: int = 163 * 1024, element_bytes: int = 2, batch_heads: int = 1
 ) -> int:
     """Bytes FlashAttention (FA-1 Algorithm 1) reads and writes in HBM.
 
@@ -132,7 +132,8 @@ def flash_memory_traffic_bytes(
 
     Total ``2 N d + T_c (3 N d + 4 N)`` ≈ ``12 N^2 d^2 / M``: Θ(N^2 d^2 / M) of
     Theorem 2. No ``N x N`` matrix is ever written. The default SRAM is the
-    192 KiB per streaming multiprocessor of an A100 (FA-1 Section 2.1).
+    163 KiB of shared memory one thread block may use on an A100 (the SM's 192 KB, FA-1
+    Section 2.1, is L1 and shared memory together).
     """
     for name, value in (
         ("N", N),
@@ -400,18 +401,18 @@ def _check_saved(name: str, x, expected_shape: tuple[int, ...], device: torch.de
         raise ValueError(f"{name} must be on the device of q ({device}), got {x.device}")
 
 
-def _backward_tile_(q_tile, k_tile, v_tile, dout_tile, lse_tile, D_tile, hidden, scale, dk_tile, dv_tile):
+def _backward_tile_(q_tile, k_tile, v_tile, dout_tile, lse_tile, Delta_tile, hidden, scale, dk_tile, dv_tile):
     """One tile of FA-2 Algorithm 2, lines 10-16: add to ``dk_tile`` and ``dv_tile`` in place, return ``dQ``'s part.
 
     ``q_tile: (B, H_kv, G * B_r, d)`` (already scaled, so ``dS^T Q`` carries the scale),
-    ``dout_tile: (B, H_kv, G * B_r, d_v)``, ``lse_tile, D_tile: (B, H_kv, G * B_r, 1)``.
+    ``dout_tile: (B, H_kv, G * B_r, d_v)``, ``lse_tile, Delta_tile: (B, H_kv, G * B_r, 1)``.
     Returns ``dS K * scale: (B, H_kv, G * B_r, d)``, to be added to ``dQ``.
     """
     scores = _hide_(q_tile @ k_tile.transpose(-2, -1), hidden)  # (B, H_kv, G * B_r, B_c)  Alg. 2 line 10
     probs = scores.sub_(lse_tile).exp_()  # (B, H_kv, G * B_r, B_c)  Alg. 2 line 11, in place
     dv_tile += probs.transpose(-2, -1) @ dout_tile  # (B, H_kv, B_c, d_v)  Alg. 2 line 12
     dprobs = dout_tile @ v_tile.transpose(-2, -1)  # (B, H_kv, G * B_r, B_c)  Alg. 2 line 13
-    dscores = probs.mul_(dprobs.sub_(D_tile))  # (B, H_kv, G * B_r, B_c)  Alg. 2 line 14, in place
+    dscores = probs.mul_(dprobs.sub_(Delta_tile))  # (B, H_kv, G * B_r, B_c)  Alg. 2 line 14, in place
     dk_tile += dscores.transpose(-2, -1) @ q_tile  # (B, H_kv, B_c, d)  Alg. 2 line 16
     return (dscores @ k_tile) * scale  # (B, H_kv, G * B_r, d)  Alg. 2 line 15
 
@@ -433,9 +434,9 @@ def tiled_attention_backward(
 
     Nothing of size ``N_q x N_k`` was saved by the forward pass: only ``out`` and
     ``lse``. Each tile of probabilities is recomputed as ``P = exp(S - lse)``,
-    then, with ``D = rowsum(dO * O)`` (the softmax Jacobian's correction)::
+    then, with ``Delta = rowsum(dO * O)`` (FA-2's D; the softmax Jacobian's correction, derived in chapter 11)::
 
-        dV += P^T dO      dP = dO V^T      dS = P * (dP - D)
+        dV += P^T dO      dP = dO V^T      dS = P * (dP - Delta)
         dQ += dS K * scale                dK += dS^T Q * scale
 
     Key blocks are the outer loop (``dK_j, dV_j`` stay in the tile), query
@@ -462,15 +463,15 @@ def tiled_attention_backward(
     compute_dtype = _compute_dtype(q.dtype)
     offset = N_k - N_q
 
-    # Alg. 2 line 4: D_i = rowsum(dO_i * O_i)
-    D = (dout.to(compute_dtype) * out.to(compute_dtype)).sum(dim=-1)  # (B, H, N_q)
+    # Alg. 2 line 4: Delta_i = rowsum(dO_i * O_i)
+    Delta = (dout.to(compute_dtype) * out.to(compute_dtype)).sum(dim=-1)  # (B, H, N_q)
     # A query that saw no key has lse = -inf; its scores are all -inf, and exp(-inf - 0) = 0 gives P = 0.
     safe_lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)).to(compute_dtype)  # (B, H, N_q)
 
     q_grouped = q.unflatten(1, (H_kv, G))  # (B, H_kv, G, N_q, d)
     dout_grouped = dout.unflatten(1, (H_kv, G))  # (B, H_kv, G, N_q, d_v)
     lse_grouped = safe_lse.unflatten(1, (H_kv, G))[..., None]  # (B, H_kv, G, N_q, 1)
-    D_grouped = D.unflatten(1, (H_kv, G))[..., None]  # (B, H_kv, G, N_q, 1)
+    Delta_grouped = Delta.unflatten(1, (H_kv, G))[..., None]  # (B, H_kv, G, N_q, 1)
 
     # Alg. 2 line 3
     dq = torch.zeros(B, H, N_q, d, dtype=compute_dtype, device=q.device)  # (B, H, N_q, d)
@@ -493,12 +494,12 @@ def tiled_attention_backward(
             q_tile = _query_tile(q_grouped, q_start, q_stop).to(compute_dtype) * scale  # (B, H_kv, G * B_r, d)
             dout_tile = _query_tile(dout_grouped, q_start, q_stop).to(compute_dtype)  # (B, H_kv, G * B_r, d_v)
             lse_tile = _query_tile(lse_grouped, q_start, q_stop)  # (B, H_kv, G * B_r, 1)
-            D_tile = _query_tile(D_grouped, q_start, q_stop)  # (B, H_kv, G * B_r, 1)
+            Delta_tile = _query_tile(Delta_grouped, q_start, q_stop)  # (B, H_kv, G * B_r, 1)
 
             hidden = _causal_hidden(q_start, q_stop, k_start, k_stop, offset, q.device) if causal else None
             # Alg. 2 lines 10-16
             dq_tile = _backward_tile_(
-                q_tile, k_tile, v_tile, dout_tile, lse_tile, D_tile, hidden, scale, dk_tile, dv_tile
+                q_tile, k_tile, v_tile, dout_tile, lse_tile, Delta_tile, hidden, scale, dk_tile, dv_tile
             )  # (B, H_kv, G * B_r, d)
             dq_grouped[:, :, :, q_start:q_stop] += dq_tile.view(B, H_kv, G, -1, d)  # (B, H_kv, G, B_r, d)
 
