@@ -331,8 +331,15 @@ def _measure_config(config: dict, *, timeout: float, max_bytes: int | None) -> d
 
 
 def _key(row: dict) -> tuple:
-    """What identifies a configuration in a CSV (numbers compared as text, as they are stored)."""
-    return tuple(str(row.get(field, "")) for field in CONFIG_FIELDS)
+    """What identifies a configuration in a CSV (numbers compared as text, as they are stored).
+
+    Files written before the vision kind existed have no ``kind`` column: their rows are language rows.
+    """
+    defaults = {"kind": "language"}
+    values = (row.get(field) for field in CONFIG_FIELDS)
+    return tuple(
+        str(defaults.get(field, "") if value in (None, "") else value) for field, value in zip(CONFIG_FIELDS, values)
+    )
 
 
 def check_writable(out: str | Path) -> Path:

@@ -108,9 +108,9 @@ def train_and_test(method: str, N: int, *, steps: int, batch: int, seed: int = 0
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--sizes", default="128,512,2048")
+    parser.add_argument("--sizes", default="128,512,1024")
     parser.add_argument("--methods", default=",".join(KERNELS))
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
