@@ -312,7 +312,7 @@ def _measure_config(config: dict, *, timeout: float, max_bytes: int | None) -> d
             median_s=math.nan,
             peak_mib=math.nan,
             status="skipped",
-            error=f"estimated {need / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB available",
+            error=f"estimated {need / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB allowed",
         )
         return row
     command = [sys.executable, "-m", "attnlib.bench", "_worker", json.dumps(config)]
