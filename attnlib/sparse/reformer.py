@@ -165,7 +165,9 @@ def _check_qk_v(qk, v) -> tuple[int, int, int, int]:
             f"v must have the (B, H, N) of qk, expected {tuple(qk.shape[:3])}, got v of shape {tuple(v.shape)}"
         )
     B, H, N, d = qk.shape
-    for axis, size in (("batch B", B), ("heads H", H), ("tokens N", N), ("head dimension d", d), ("d_v", v.shape[3])):
+    axes = (("batch element (B)", B), ("head (H)", H), ("token (N)", N), ("head dimension (d)", d),
+            ("value dimension (d_v)", v.shape[3]))  # fmt: skip
+    for axis, size in axes:
         if size == 0:
             raise ValueError(f"qk and v must have at least one {axis}, got qk {tuple(qk.shape)}, v {tuple(v.shape)}")
     return B, H, N, d
