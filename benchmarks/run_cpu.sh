@@ -7,6 +7,8 @@
 #   vision:   token mixers on square maps: B=1, C=96, 3 heads, sides 28 .. 140 (N = 784 .. 19,600);
 #             dense attention is skipped where its two N x N buffers would exceed 5 GiB
 #   quality:  associative recall, each language method trained with the same budget
+# Not measured here: falcon (its attention is flash_attention, the "flash" row) and ring (a
+# one-process simulation of P ranks; benchmarks/ring_cpu.py measures real gloo processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
