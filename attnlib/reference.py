@@ -243,8 +243,6 @@ class GlobalSelfAttention2d(nn.Module):
         self.attn = MultiHeadSelfAttention(dim, num_heads, attention_fn=attention_fn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ._checks import check_tensor
-
         check_tensor("x", x, ndim=4)
         B, H, W, C = x.shape
         return self.attn(x.reshape(B, H * W, C)).view(B, H, W, C)  # (B, H, W, C)

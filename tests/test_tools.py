@@ -1,6 +1,7 @@
 """The shared pieces: registry, viz, bench."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -146,6 +147,8 @@ def test_figure_data_is_rounded_to_four_significant_digits():
     html_b = viz.figure_html(viz.slider_heatmap([b], ["x"]), "fig-a").data
     assert html_a == html_b and "0.04802" in html_a and "0.048016" not in html_a
     assert "displayModeBar" in html_a  # no mode bar over the title
+    # nor 16-digit numbers from plotly's template (its colour scales)
+    assert not re.search(r"\d\.\d{8,}", html_a)
 
 
 def test_a_heavy_figure_warns():

@@ -182,9 +182,6 @@ def _check_n_buckets(n_buckets) -> None:
         )
 
 
-_check_bool = check_flag
-
-
 def _resolve_scale(scale) -> float:
     """The logit scale: :data:`DEFAULT_SCALE` when None; else a finite number (attnlib's one rule), > 0.
 
@@ -344,8 +341,8 @@ class LSHLayout:
 
     def pattern(self, *, causal: bool = False, per_round: bool = False) -> torch.Tensor:
         """The dense boolean pattern of this layout; see :func:`lsh_pattern`."""
-        _check_bool("causal", causal)
-        _check_bool("per_round", per_round)
+        check_flag("causal", causal)
+        check_flag("per_round", per_round)
         bucket = self.buckets[..., : self.N].to(torch.int32)  # (B, H, R, N): padding never matters
         chunk = self.chunk_of_token[..., : self.N].to(torch.int32)  # (B, H, R, N)
         looks_back_at = (chunk - 1) % self.n_chunks  # (B, H, R, N): the previous chunk, with wrap-around
@@ -571,8 +568,8 @@ def lsh_attention(
     an ``N x N`` tensor.
     """
     B, H, N, d = _check_qk_v(qk, v)
-    _check_bool("causal", causal)
-    _check_bool("return_lse", return_lse)
+    check_flag("causal", causal)
+    check_flag("return_lse", return_lse)
     scale = _resolve_scale(scale)
     rotations, n_buckets = _resolve_rotations(qk, n_hashes, n_buckets, chunk_size, rotations, generator, seed)
 
@@ -745,7 +742,7 @@ def shared_qk_attention(
     keys, e.g. to :func:`lsh_pattern`. Built on :func:`attnlib.reference.attention`; dense, ``O(N^2)``.
     """
     B, H, N, d = _check_qk_v(qk, v)
-    _check_bool("causal", causal)
+    check_flag("causal", causal)
     scale = _resolve_scale(scale)
     if mask is not None:
         check_mask(mask, (B, H, N, N), qk.device)
@@ -772,7 +769,7 @@ def softmax_mass_captured(
     missed nothing. Dense (``N x N``): for the chapter's study against ``n_hashes`` and ``n_buckets``.
     """
     check_tensor("qk", qk, ndim=4)
-    _check_bool("causal", causal)
+    check_flag("causal", causal)
     scale = _resolve_scale(scale)
     B, H, N, _ = qk.shape
     pattern = lsh_pattern(
@@ -820,7 +817,7 @@ class ReformerSelfAttention(nn.Module):
         check_positive_int("chunk_size", chunk_size)
         if n_buckets is not None:
             _check_n_buckets(n_buckets)
-        _check_bool("causal", causal)
+        check_flag("causal", causal)
         _check_generator_and_seed(None, seed)
         if dim % num_heads != 0:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")

@@ -76,6 +76,9 @@ def round_significant(array, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:
     return rounded
 
 
+_LONG_DECIMAL = re.compile(r"-?\d+\.\d{5,}(?:[eE][-+]?\d+)?")  # a number written with 5 or more decimals
+
+
 def _check_div_id(div_id: str) -> None:
     if not isinstance(div_id, str) or not re.fullmatch(r"[A-Za-z][\w-]*", div_id):
         raise ValueError(f"div_id must be letters, digits, '-' or '_' starting with a letter, got {div_id!r}")
@@ -248,6 +251,9 @@ def figure_html(figure, div_id: str):
     # No mode bar: its icons would cover the title, and the static page needs no zoom tools.
     config = {"responsive": True, "displayModeBar": False}
     html = figure.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, config=config)
+    # Plotly's default template writes its colour scales with 16 digits (0.1111111111111111) into
+    # every figure: the same rounding as the frames keeps pages light.
+    html = _LONG_DECIMAL.sub(lambda match: f"{float(match.group()):.{SIGNIFICANT_DIGITS}g}", html)
     if len(html) > FIGURE_BYTES_LIMIT:
         warnings.warn(
             f"figure {div_id!r} is {len(html) / 1e6:.1f} MB of HTML (limit {FIGURE_BYTES_LIMIT / 1e6:.0f} MB): "
