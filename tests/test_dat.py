@@ -225,8 +225,8 @@ def test_attention_weights_rows_sum_to_one():
 
 def test_relative_position_bias_at_zero_displacement_is_the_table_centre():
     table = torch.randn(2, 7, 9, dtype=torch.float64)  # (nh, 2H-1, 2W-1) for H=4, W=5
-    queries = reference_points(4, 5, dtype=torch.float64).view(20, 2)  # (N, 2)
-    bias = relative_position_bias(table, queries, queries[None, None])  # points at the queries: (1, 2, 20, 20)
+    queries = reference_points(4, 5, dtype=torch.float64)  # (4, 5, 2)
+    bias = relative_position_bias(table, queries, queries.view(1, 1, 20, 2))  # points at the queries: (1, 2, 20, 20)
     torch.testing.assert_close(bias.diagonal(dim1=-2, dim2=-1), table[:, 3, 4][None, :, None].expand(1, 2, 20))
 
 

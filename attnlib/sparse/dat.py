@@ -65,6 +65,11 @@ from torch import nn
 
 from .._checks import check_positive_int, check_tensor
 
+# Query chunks handed to grid_sample as batch entries (it parallelizes over its batch axis only).
+_BIAS_CHUNKS = 8
+# The forward builds the position bias for blocks of queries of about this many values (2 MiB in float32).
+_BIAS_BLOCK_ELEMENTS = 2**19
+
 __all__ = [
     "reference_points",
     "bounded_offsets",
@@ -134,22 +139,33 @@ def relative_position_bias(
 
     Args:
         rpe_table: ``(nh, 2H - 1, 2W - 1)`` learned bias.
-        query_positions: ``(N, 2)`` normalized ``(y, x)`` of the queries.
+        query_positions: ``(Hq, Wq, 2)`` normalized ``(y, x)`` of the queries (:func:`reference_points`).
         positions: ``(B, g, Ns, 2)`` normalized ``(y, x)`` of the deformed points.
 
-    Returns ``(B, nh, N, Ns)``; head ``m`` reads its group's points ``m // (nh / g)``.
+    Returns ``(B, nh, N, Ns)`` with ``N = Hq * Wq``; head ``m`` reads its group's points ``m // (nh / g)``.
+    As the official code: ``grid_sample(rpe_table, (query - point) / 2, align_corners=True)``.
     """
     B, g, Ns, _ = positions.shape
-    nh = rpe_table.shape[0]
-    # (query - point) / 2 in (x, y) order for grid_sample; halve and flip the small tensors, not the big one
-    queries_xy = query_positions.flip(-1) * 0.5  # (N, 2)
-    points_xy = positions.flip(-1) * 0.5  # (B, g, Ns, 2)
-    displacement = queries_xy[None, None, :, None, :] - points_xy[:, :, None, :, :]  # (B, g, N, Ns, 2)
-    table = rpe_table.view(1, g, nh // g, *rpe_table.shape[1:]).expand(B, -1, -1, -1, -1)  # (B, g, hg, 2H-1, 2W-1)
+    nh, table_h, table_w = rpe_table.shape
+    hg, N = nh // g, query_positions.numel() // 2
+    # (query - point) / 2 in (x, y) order for grid_sample, for every query and point. A pair (x, y)
+    # is read as one complex number x + iy: the subtraction then runs over whole pairs (a broadcast
+    # over a last axis of size 2 is ten times slower on a CPU); view_as_real gives the pairs back.
+    queries_xy = torch.view_as_complex((query_positions.flip(-1) * 0.5).reshape(N, 2).contiguous())  # (N,)
+    points_xy = torch.view_as_complex((positions.flip(-1) * 0.5).reshape(B * g, Ns, 2).contiguous())  # (B*g, Ns)
+    displacement = torch.view_as_real(queries_xy[None, :, None] - points_xy[:, None, :])  # (B*g, N, Ns, 2)
+    # grid_sample runs its batch axis in parallel: cut the queries into c chunks made batch entries
+    # (each reads the same table, a view), so that every thread has work. Same values as one call.
+    c = max(c for c in range(1, _BIAS_CHUNKS + 1) if N % c == 0)
+    table = rpe_table.view(1, g, 1, hg, table_h, table_w).expand(B, g, c, hg, table_h, table_w)
     bias = F.grid_sample(
-        table.flatten(0, 1), displacement.flatten(0, 1), mode="bilinear", align_corners=True
-    )  # (B*g, hg, N, Ns)
-    return bias.view(B, nh, -1, Ns)  # (B, nh, N, Ns)
+        table.reshape(B * g * c, hg, table_h, table_w),  # (B*g*c, hg, 2H-1, 2W-1)
+        displacement.view(B * g * c, N // c, Ns, 2),  # (B*g*c, N/c, Ns, 2)
+        mode="bilinear",
+        align_corners=True,
+    )  # (B*g*c, hg, N/c, Ns)
+    bias = bias.view(B, g, c, hg, N // c, Ns).transpose(2, 3)  # (B, g, hg, c, N/c, Ns)
+    return bias.reshape(B, nh, N, Ns)  # (B, nh, N, Ns): copies only when hg > 1 and c > 1
 
 
 def deformable_attention(
@@ -304,7 +320,8 @@ class DeformableAttention(nn.Module):
         self._check_input(x)
         return self._positions(self.proj_q(x))
 
-    def _qkv_bias(self, x: torch.Tensor):
+    def _qkv_positions(self, x: torch.Tensor):
+        """``q (B, nh, N, d)``, ``k, v (B, nh, Ns, d)`` and the deformed points ``(B, g, Ns, 2)``."""
         B, H, W, C = x.shape
         g, Cg, nh, d = self.n_groups, self.group_channels, self.num_heads, self.head_dim
         q_map = self.proj_q(x)  # (B, H, W, C)
@@ -316,25 +333,39 @@ class DeformableAttention(nn.Module):
         q = q_map.view(B, H * W, nh, d).transpose(1, 2)  # (B, nh, N, d)
         k = self.proj_k(sampled).view(B, -1, nh, d).transpose(1, 2)  # (B, nh, Ns, d)
         v = self.proj_v(sampled).view(B, -1, nh, d).transpose(1, 2)  # (B, nh, Ns, d)
-        bias = None
-        if self.use_pe:
-            query_positions = reference_points(H, W, dtype=x.dtype, device=x.device).view(H * W, 2)  # (N, 2)
-            bias = relative_position_bias(self.rpe_table, query_positions, positions.flatten(2, 3))  # (B, nh, N, Ns)
-        return q, k, v, bias
+        return q, k, v, positions.flatten(2, 3)
+
+    def _bias(self, positions: torch.Tensor, queries: slice = slice(None)) -> torch.Tensor | None:
+        """``phi(B^; R)`` for the queries ``queries`` (row-major numbers): ``(B, nh, n, Ns)``, or None."""
+        if not self.use_pe:
+            return None
+        grid = reference_points(self.height, self.width, dtype=positions.dtype, device=positions.device)  # (H, W, 2)
+        return relative_position_bias(self.rpe_table, grid.view(-1, 2)[queries], positions)  # (B, nh, n, Ns)
 
     def forward(self, x: torch.Tensor, *, fused: bool = True) -> torch.Tensor:
         self._check_input(x)
         B, H, W, C = x.shape
-        q, k, v, bias = self._qkv_bias(x)
-        out = deformable_attention(q, k, v, bias, scale=self.scale, fused=fused)  # (B, nh, N, d), Eq. (9)
+        q, k, v, positions = self._qkv_positions(x)
+        # Eq. (9), a block of queries at a time: the bias of all N queries, (B, nh, N, Ns), would be
+        # as large as the scores; the bias of one block stays in the cache and its memory is reused.
+        Ns = positions.shape[2]
+        block = max(8, _BIAS_BLOCK_ELEMENTS // (Ns * self.num_heads) // 8 * 8)  # queries per block
+        outs = [
+            deformable_attention(
+                q[:, :, queries], k, v, self._bias(positions, queries), scale=self.scale, fused=fused
+            )  # (B, nh, n, d)
+            for queries in (slice(start, start + block) for start in range(0, H * W, block))
+        ]
+        out = torch.cat(outs, dim=2)  # (B, nh, N, d)
         return self.proj_out(out.transpose(1, 2).reshape(B, H, W, C))  # (B, H, W, C)
 
     @torch.no_grad()
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax weights ``(B, nh, N, Ns)`` of every query over the sampled keys (for figures)."""
         self._check_input(x)
-        q, k, _, bias = self._qkv_bias(x)
+        q, k, _, positions = self._qkv_positions(x)
         scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, nh, N, Ns)
+        bias = self._bias(positions)
         return (scores if bias is None else scores + bias).softmax(dim=-1)
 
 
