@@ -107,6 +107,25 @@ def test_matches_definition_long_way(C, heads, H, W, options, fused):
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize("C, heads, H, W, options", LONG_WAY_CASES[:3])
+def test_query_blocks_match_definition(C, heads, H, W, options, monkeypatch):
+    """The forward's blocks of queries (8 here, the last one ragged) change nothing, gradients included."""
+    import attnlib.sparse.dat as dat_module
+
+    block = make_block(C, heads, H, W, **options)
+    x = torch.randn(2, H, W, C, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    whole = block(x)
+    whole_grads = torch.autograd.grad(whole.square().sum(), [x, *block.parameters()])
+    monkeypatch.setattr(dat_module, "_BIAS_BLOCK_ELEMENTS", 1)  # blocks of 8 queries
+    blocked = block(x)
+    blocked_grads = torch.autograd.grad(blocked.square().sum(), [x, *block.parameters()])
+    torch.testing.assert_close(blocked, whole, atol=1e-12, rtol=1e-10)
+    for a, b in zip(blocked_grads, whole_grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+    with torch.no_grad():
+        torch.testing.assert_close(blocked[:1], long_way(block, x[:1].detach()), atol=1e-10, rtol=1e-8)
+
+
 def test_float32_matches_float64():
     block = make_block(16, 2, 16, 16, stride=4, offset_kernel_size=5)
     x = torch.randn(1, 16, 16, 16, dtype=torch.float64)
