@@ -6,7 +6,9 @@ Three measurements, each configuration in a fresh process (B=1, H=4, d=64, float
    the block-sparse kernel (registry row ``bigbird_flash``), against dense SDPA and BigBird's own
    gather algorithm (``bigbird``), through ``attnlib.bench``;
 2. ``flex``: ``torch.compile(flex_attention)`` on the *same* block mask (its lists handed over with
-   ``BlockMask.from_kv_blocks``), at a few sizes only: each shape compiles for ~20 s;
+   ``BlockMask.from_kv_blocks``), at a few sizes only (each shape compiles for ~20 s), against the
+   PyTorch path *in the same process, timed in alternation*: on a shared machine a slow spell then
+   hits both, and their ratio stays meaningful;
 3. ``tiles``: the PyTorch path at N = 8192 with 0..32 random blocks per row, so that the number
    of visited tiles grows while everything else stays: the fitted log-log slope of time against
    visited tiles should be near 1.
@@ -20,6 +22,7 @@ import argparse
 import csv
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -44,25 +47,42 @@ def _worker(config: dict) -> dict:
     q, k, v = (torch.randn(B, H, N, D, generator=gen) for _ in range(3))  # (B, H, N, d) each
     mask = bigbird_block_mask(N, block_size=64, num_random_blocks=r, num_heads=H, seed=0)
     visited = int((mask.kinds != 0).sum())
-    if config["method"] == "flex_compiled":
-        from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-        flex_mask = BlockMask.from_kv_blocks(
-            mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks, mask.full_kv_indices, BLOCK_SIZE=(64, 64)
-        )  # no partial tiles for BigBird's blocks: no mask_mod needed
-        compiled = torch.compile(flex_attention)
+    def ours():
+        return block_sparse_attention(q, k, v, mask, backend="torch")
 
-        def call():
-            return compiled(q, k, v, block_mask=flex_mask)
-    else:
+    if config["method"] != "pair":
+        with torch.no_grad():
+            ours()  # warm-up
+            seconds = bench.median_time(ours, repeats=config["repeats"], warmup=1)
+        return {"visited_tiles": visited, "median_s": seconds, "peak_mib": math.nan, "error": ""}
 
-        def call():
-            return block_sparse_attention(q, k, v, mask, backend="torch")
+    # "pair": the PyTorch path and torch.compile(flex_attention) on the same block mask, in this one
+    # process, timed in alternation (ours, flex, ours, flex, ...), so that a slow spell of a shared
+    # machine hits both alike; the medians of each.
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    flex_mask = BlockMask.from_kv_blocks(
+        mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks, mask.full_kv_indices, BLOCK_SIZE=(64, 64)
+    )  # no partial tiles for BigBird's blocks: no mask_mod needed
+    compiled = torch.compile(flex_attention)
+
+    def flex():
+        return compiled(q, k, v, block_mask=flex_mask)
 
     with torch.no_grad():
-        call()  # warm-up (and compilation for flex)
-        seconds = bench.median_time(call, repeats=config["repeats"], warmup=1)
-    return {"visited_tiles": visited, "median_s": seconds, "peak_mib": math.nan, "error": ""}
+        difference = (flex() - ours()).abs().max().item()  # compiles flex; the same attention?
+        assert difference < 1e-4, difference
+        for call in (ours, flex):
+            bench.median_time(call, repeats=1, warmup=1)
+        times = {"bigbird_flash": [], "flex_compiled": []}
+        for _ in range(config["repeats"]):
+            times["bigbird_flash"].append(bench.median_time(ours, repeats=1, warmup=0))
+            times["flex_compiled"].append(bench.median_time(flex, repeats=1, warmup=0))
+    return {
+        method: {"visited_tiles": visited, "median_s": statistics.median(t), "peak_mib": math.nan, "error": ""}
+        for method, t in times.items()
+    }
 
 
 def _in_fresh_process(config: dict, timeout: float = 1200) -> dict:
@@ -123,6 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tiles-N", type=int, default=8192)
     parser.add_argument("--random-blocks", default="0,2,4,8,16,32")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--flex-repeats", type=int, default=11, help="alternating calls of each in the flex pair")
     parser.add_argument("--out", default=str(RESULTS / "cpu_block_sparse.csv"))
     args = parser.parse_args(argv)
     if args.worker:
@@ -140,12 +161,13 @@ def main(argv=None) -> int:
                      "error": row.get("error", "")})  # fmt: skip
         _write(rows, Path(args.out))
     for N in [int(s) for s in args.flex_sizes.split(",") if s]:
-        for method in ("bigbird_flash", "flex_compiled"):  # the same mask, back to back
-            config = {"method": method, "N": N, "random_blocks": 3, "repeats": args.repeats}
-            result = _in_fresh_process(config)
+        config = {"method": "pair", "N": N, "random_blocks": 3, "repeats": args.flex_repeats}
+        pair = _in_fresh_process(config)
+        for method in ("bigbird_flash", "flex_compiled"):  # the same mask, timed in alternation
+            result = pair.get(method, pair)  # an error result has no per-method entries
             rows.append({"experiment": "flex", "method": method, "N": N, "random_blocks": 3, **result})
             print(rows[-1], flush=True)
-            _write(rows, Path(args.out))
+        _write(rows, Path(args.out))
     for r in [int(s) for s in args.random_blocks.split(",")]:
         config = {"method": "bigbird_flash", "N": args.tiles_N, "random_blocks": r, "repeats": args.repeats}
         result = _in_fresh_process(config)

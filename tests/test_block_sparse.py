@@ -72,9 +72,10 @@ def check_both_paths(B, H, H_kv, N_q, N_k, d, block_mask, seed=0, triton=True):
     mask = block_mask.to_dense()  # (B_m, H_m, N_q, N_k), the oracle (small sizes only)
     dout = torch.randn(B, H, N_q, d, generator=torch.Generator().manual_seed(seed + 1))
     ref = reference(q, k, v, mask, dout)
-    out, lse = block_sparse_forward_torch(q, k, v, block_mask)
-    grads = block_sparse_backward_torch(q, k, v, out, lse, dout, block_mask)
-    assert_matches(out, lse, grads, ref)
+    for fused in (True, False):  # PyTorch's fused kernel per wide tile, or the softmax written out
+        out, lse = block_sparse_forward_torch(q, k, v, block_mask, fused=fused)
+        grads = block_sparse_backward_torch(q, k, v, out, lse, dout, block_mask)
+        assert_matches(out, lse, grads, ref)
     if triton and ft is not None:
         dev = [x.to(DEVICE) for x in (q, k, v, dout)]
         bm = block_mask.to(DEVICE)
@@ -202,9 +203,10 @@ def test_fully_masked_rows_give_zero():
     mask[10:40] = False  # rows 10..39 see nothing: tile 0 partial, tile 1 (rows 32..63) partial
     bm = bmk.block_mask_from_dense(mask, block_q=32, block_k=32)
     q, k, v = make_qkv(1, 2, 2, 64, 64, 16)
-    out, lse = block_sparse_forward_torch(q, k, v, bm)
-    assert torch.equal(out[:, :, 10:40], torch.zeros_like(out[:, :, 10:40]))
-    assert torch.isneginf(lse[:, :, 10:40]).all() and torch.isfinite(lse[:, :, :10]).all()
+    for fused in (True, False):
+        out, lse = block_sparse_forward_torch(q, k, v, bm, fused=fused)
+        assert torch.equal(out[:, :, 10:40], torch.zeros_like(out[:, :, 10:40]))
+        assert torch.isneginf(lse[:, :, 10:40]).all() and torch.isfinite(lse[:, :, :10]).all()
     check_both_paths(1, 2, 2, 64, 64, 16, bm)
 
 
@@ -268,10 +270,10 @@ def test_pytorch_path_never_reads_empty_tiles():
     mask[64:, 96:] = True  # key tiles 1 and 2 (keys 32..95) are empty for every query tile
     bm = bmk.block_mask_from_dense(mask, block_q=32, block_k=32)
     q, k, v = make_qkv(1, 2, 2, 128, 128, 16)
-    clean, _ = block_sparse_forward_torch(q, k, v, bm)
+    clean = [block_sparse_forward_torch(q, k, v, bm, fused=fused)[0] for fused in (True, False)]
     k[:, :, 32:96], v[:, :, 32:96] = float("nan"), float("nan")
-    poisoned, _ = block_sparse_forward_torch(q, k, v, bm)
-    assert torch.equal(poisoned, clean)
+    poisoned = [block_sparse_forward_torch(q, k, v, bm, fused=fused)[0] for fused in (True, False)]
+    assert all(torch.equal(a, b) for a, b in zip(poisoned, clean))
 
 
 @pytest.mark.skipif(ft is None, reason="triton is not installed")
@@ -387,3 +389,19 @@ def test_block_sparse_kernels_compile_for_sm75_sm80_sm90(tmp_path):
         cc = info["case"][0]
         assert info["cubin"] > 0 and info["shared"] <= SHARED_LIMIT[cc], info
         assert info["mma"] == (cc >= 80), info  # tensor cores from sm80 on (Triton emits none on sm75)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("fused", [True, False])
+def test_pytorch_path_dtypes(dtype, atol, fused):
+    """float64 is exact; half precision is computed in float32 and rounded once (partial and full tiles)."""
+    gen = torch.Generator().manual_seed(5)
+    mask = torch.rand(70, 90, generator=gen) < 0.3
+    mask[:, :32] = True  # some full tiles too
+    bm = bmk.block_mask_from_dense(mask, block_q=32, block_k=32)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=gen).to(dtype) for n in (70, 90, 90))
+    out, lse = block_sparse_forward_torch(q, k, v, bm, fused=fused)
+    ref_out, ref_lse = attention(q.double(), k.double(), v.double(), mask=mask, return_lse=True)
+    assert out.dtype == dtype
+    assert (out.double() - ref_out).abs().max() <= atol
+    assert (lse.double() - ref_lse).abs().max() <= atol

@@ -168,12 +168,57 @@ def _fold_in_(q_tile, k_wide, v_wide, allowed, acc, row_sum, row_max) -> torch.T
     return new_max
 
 
-def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float | None = None):
+# PyTorch's fused FlashAttention kernel for CPUs, the one behind F.scaled_dot_product_attention on a
+# CPU; unlike F.scaled_dot_product_attention it also returns the logsumexp that the backward needs.
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _attend_fused(q_tile, k_wide, v_wide, allowed):
+    """One wide tile through PyTorch's fused CPU kernel: ``(out: (B, H, M, b_q, d_v), lse: (B, H, M, b_q, 1))``.
+
+    The same arithmetic as :func:`_fold_in_` from an empty state (FA-2 Alg. 1 inside the kernel),
+    finished: divided by the row sums. The ``M`` query tiles are the kernel's "heads". A row that
+    ``allowed`` leaves without a key in this wide tile gets 0 and ``lse = -inf``.
+    """
+    B, H, M, b_q, d = q_tile.shape
+    width, d_v = k_wide.shape[-2], v_wide.shape[-1]
+    mask = None
+    if allowed is not None:  # the kernel takes an additive mask in q's dtype: 0 or -inf
+        additive = torch.zeros((), dtype=q_tile.dtype, device=q_tile.device).masked_fill(~allowed, float("-inf"))
+        mask = additive.expand(B, H, M, b_q, width).reshape(B * H, M, b_q, width)  # a view when shared
+    out, lse = _FLASH_CPU(
+        q_tile.reshape(B * H, M, b_q, d), k_wide.reshape(B * H, M, width, d), v_wide.reshape(B * H, M, width, d_v),
+        0.0, False, attn_mask=mask, scale=1.0,  # q is scaled already
+    )  # fmt: skip
+    out, lse = out.view(B, H, M, b_q, d_v), lse.view(B, H, M, b_q, 1)
+    if allowed is not None:
+        sees_a_key = allowed.any(dim=-1, keepdim=True)  # (B_m, H_m, M, b_q, 1)
+        out = out.masked_fill(~sees_a_key, 0.0)
+        lse = lse.masked_fill(~sees_a_key, float("-inf"))
+    return out, lse
+
+
+def _merge(out_a, lse_a, out_b, lse_b):
+    """Two finished partial results over disjoint keys -> one: the logsumexp rule of the online softmax.
+
+    ``lse = log(e^lse_a + e^lse_b)``, ``out = e^(lse_a - lse) out_a + e^(lse_b - lse) out_b``
+    (chapter 10's rescaling, and chapter 15's merge across devices). Rows with no key stay 0, -inf.
+    """
+    lse = torch.logaddexp(lse_a, lse_b)  # (..., 1)
+    safe = _zero_where_minus_inf(lse)
+    return torch.exp(lse_a - safe) * out_a + torch.exp(lse_b - safe) * out_b, lse
+
+
+def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float | None = None, fused: bool = True):
     """The forward pass in PyTorch tiles: ``(out: (B, H, N_q, d_v), lse: (B, H, N_q))``.
 
     Equal to ``reference.attention(q, k, v, mask=block_mask.to_dense(), return_lse=True)``.
     Empty tiles are never read; full tiles are folded in with no mask. Query tiles whose lists
     have the same lengths run together, a few MiB of gathered keys at a time.
+
+    ``fused=True`` (on a CPU): each wide tile goes through PyTorch's fused FlashAttention kernel
+    (:func:`_attend_fused`) and the two lists are merged with :func:`_merge`; ``fused=False``, or
+    on another device: the softmax written out (:func:`_fold_in_`). Same result.
     """
     B, H, H_kv, N_q, N_k, d = _check_inputs(q, k, v, block_mask)
     scale = _resolve_scale(scale, d)
@@ -189,10 +234,25 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
     out = torch.zeros(B, H, T_q, b_q, d_v, dtype=dtype, device=q.device)  # (B, H, T_q, b_q, d_v)
     lse = torch.full((B, H, T_q, b_q), float("-inf"), dtype=dtype, device=q.device)  # (B, H, T_q, b_q)
     per_entry = B * H * b_k * (d + d_v) * q_tiles.element_size()
+    use_fused = fused and q.device.type == "cpu" and _FLASH_CPU is not None
 
     for tiles, L_full, L_partial in _groups(bm.full_kv_num_blocks, bm.kv_num_blocks, per_entry):  # Alg. 1 line 3
         M = tiles.numel()
         q_tile = q_tiles[:, :, tiles]  # (B, H, M, b_q, d)
+        if use_fused:
+            done = None  # (out, lse) of the lists done so far
+            for num, indices, L, partial in ((bm.full_kv_num_blocks, bm.full_kv_indices, L_full, False),
+                                             (bm.kv_num_blocks, bm.kv_indices, L_partial, True)):  # fmt: skip
+                if L == 0:
+                    continue
+                index, padding = _list_step(num, indices, tiles, L)  # (B_m, H_m, M, L)
+                allowed = _allowed(bm, bm.partial_slot, tiles, index, padding, partial, b_q, b_k, transpose=False)
+                step = _attend_fused(
+                    q_tile, _gather(k_tiles, index, kv_head), _gather(v_tiles, index, kv_head), allowed
+                )
+                done = step if done is None else _merge(*done, *step)
+            out[:, :, tiles], lse[:, :, tiles] = done[0], done[1].squeeze(-1)
+            continue
         acc = torch.zeros(B, H, M, b_q, d_v, dtype=dtype, device=q.device)  # (B, H, M, b_q, d_v)
         row_sum = torch.zeros(B, H, M, b_q, 1, dtype=dtype, device=q.device)  # (B, H, M, b_q, 1)
         row_max = torch.full_like(row_sum, float("-inf"))  # (B, H, M, b_q, 1)
