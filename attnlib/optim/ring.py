@@ -482,9 +482,11 @@ class _Ring:
         return receive_buffer, works
 
 
-def _wait(works) -> None:
+def _wait(works: list) -> None:
+    """Wait for the sends and receives in ``works``, then drop them: a finished send holds its buffer."""
     for work in works:
         work.wait()
+    works.clear()
 
 
 def _sync(device) -> None:
@@ -556,6 +558,7 @@ class RingAttentionFunction(torch.autograd.Function):
                 k_src, v_src = k_src.to(compute_dtype), v_src.to(compute_dtype)
             plan = _block_plan(ring.rank, source, ring.size, layout, c_q, c_k, offset, causal)
             pairs = _forward_block_(local, q_local, k_src, v_src, plan, c_q, c_k, out, lse)
+            del k_src, v_src  # views of kv: the shard is freed as soon as the next one replaces it
             if stats is not None:
                 _sync(q.device)
                 stats.pairs.append(pairs)
@@ -595,33 +598,43 @@ class RingAttentionFunction(torch.autograd.Function):
         dq = torch.zeros(q.shape, dtype=compute_dtype, device=q.device)  # (B, H, n_q, d)
         kv_shapes = (k.shape, v.shape)
         kv = _pack(k, v)
-        passing_dkv, dkv_works = None, []  # gradients of the shard we hold, from the ranks before us
+        # The gradients of a shard travel with it: the rank that holds the shard at this step adds its
+        # share into the buffer the previous rank sent, then sends it on. Adding *into the received
+        # buffer* (instead of into a fresh one, added later) keeps one dK/dV buffer per rank besides
+        # the one arriving, so a rank's memory beyond P = 1 is only the incoming key/value shard.
+        dkv, passing_dkv, dkv_works = None, None, []
         for step in range(ring.size):
             tick = time.perf_counter()
             if step + 1 < ring.size:
                 next_kv, kv_works = ring.start_exchange(kv, _KV_TAG, stats)
+            if step == 0:
+                dkv = torch.zeros(k.numel() + v.numel(), dtype=compute_dtype, device=q.device)  # packed (dk, dv)
+            else:  # the partial gradients of the shard we now hold, from the ranks before us
+                _wait(dkv_works)  # also ends our previous send, whose buffer is then freed
+                dkv = passing_dkv
+            if stats is not None:
+                stats.backward_wait_s += time.perf_counter() - tick
+                tick = time.perf_counter()
             source = (ring.rank - step) % ring.size
             k_src, v_src = _unpack(kv, kv_shapes)
             if chosen != "triton":
                 k_src, v_src = k_src.to(compute_dtype), v_src.to(compute_dtype)
             plan = _block_plan(ring.rank, source, ring.size, layout, c_q, c_k, offset, causal)
-            dkv = torch.zeros(k.numel() + v.numel(), dtype=compute_dtype, device=q.device)  # packed (dk, dv)
             dk_src, dv_src = _unpack(dkv, kv_shapes)  # (B, H_kv, n_k, d), (B, H_kv, n_k, d_v)
             _backward_block_(
                 local, q_local, k_src, v_src, out_local, lse, dout_local, plan, c_q, c_k, dq, dk_src, dv_src
             )
+            del k_src, v_src, dk_src, dv_src  # views of kv and dkv: no buffer outlives its step
             if stats is not None:
                 _sync(q.device)
                 stats.backward_compute_s += time.perf_counter() - tick
             tick = time.perf_counter()
-            if step > 0:  # add what the earlier ranks computed for this shard
-                _wait(dkv_works)
-                dkv += passing_dkv
             if step + 1 < ring.size:
                 _wait(kv_works)
                 kv = next_kv
             if ring.size > 1:  # the gradients travel on with the shard they belong to
                 passing_dkv, dkv_works = ring.start_exchange(dkv, _DKV_TAG, stats)
+                del dkv  # the send keeps it alive until it is done
             if stats is not None:
                 stats.backward_wait_s += time.perf_counter() - tick
         if ring.size > 1:  # after P hops our own shard's gradients are back
