@@ -89,8 +89,8 @@ def plot(rows: list[dict], out: Path, budget_mib: float) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", default="1,2,4")
-    parser.add_argument("--sizes", default="2048,4096,8192,16384")
-    parser.add_argument("--extra", default="4:32768", help="P:N pairs measured in addition, comma-separated")
+    parser.add_argument("--sizes", default="2048,4096,8192,16384,32768")
+    parser.add_argument("--extra", default="", help="P:N pairs measured in addition, comma-separated")
     parser.add_argument("--budget-mib", type=float, default=24.0)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900.0)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Re-create the committed CPU measurements that single chapters read (benchmarks/run_cpu.sh makes
+# the ones of the introduction and the comparison). Each configuration runs in a fresh process,
+# 2 threads, float32; run it on an otherwise idle machine (about 40 minutes on 2 cores).
+# Ctrl-C and rerun resumes the attnlib.bench runs; --restart (passed through) measures them again.
+#   01 Swin, 02 MaxViT:      one attention layer, C=96, 3 heads (Swin-T stage 1), sides 28 .. 168
+#   03 PVT, 04 DAT:          C=64, 1 head (PVT stage 1, R=8) and 2 heads (DAT stage 1, r=8), sides 28 .. 168
+#   07 Mixer .. 09 CoaT:     token mixers, C=96, 3 heads, sides 28 .. 224
+#   12 Falcon:               cached decoding against recomputation (benchmarks/falcon_decode.py)
+#   14 block-sparse:         benchmarks/block_sparse_cpu.py (with compiled FlexAttention)
+#   15 ring attention:       benchmarks/ring_cpu.py (gloo processes, P = 1, 2, 4)
+# Dense attention is skipped where its two N x N buffers per head would exceed 5 GiB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+R=benchmarks/results
+VISION=("$PY" -m attnlib.bench run "$@" --kind vision --repeats 7 --max-memory-gib 5)
+"${VISION[@]}" --methods dense,sdpa,swin,maxvit --sizes 28,56,84,112,140,168 --channels 96 --heads 3 \
+  --out $R/cpu_vision_windows.csv --plot $R/cpu_vision_windows.png
+"${VISION[@]}" --methods dense,sdpa,pvt --sizes 28,56,84,112,140,168 --channels 64 --heads 1 \
+  --out $R/cpu_vision_pvt_dat.csv
+"${VISION[@]}" --methods dense,sdpa,dat --sizes 28,56,84,112,140,168 --channels 64 --heads 2 \
+  --out $R/cpu_vision_pvt_dat.csv --plot $R/cpu_vision_pvt_dat.png
+"${VISION[@]}" --methods dense,sdpa,mixer,poolformer,coat --sizes 28,56,84,112,140,168,224 --channels 96 --heads 3 \
+  --out $R/cpu_vision_approx.csv --plot $R/cpu_vision_approx.png
+"$PY" benchmarks/falcon_decode.py --out $R/cpu_falcon_decode.csv --plot $R/cpu_falcon_decode.png
+"$PY" benchmarks/block_sparse_cpu.py --out $R/cpu_block_sparse.csv
+"$PY" benchmarks/ring_cpu.py --out $R/cpu_ring.csv
