@@ -7,6 +7,7 @@ several configurations in it: starting processes is most of the cost.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
@@ -391,3 +392,17 @@ def test_command_line(capsys):
     assert ring.main(["--world-size", "2"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("< 1e-5: True") == 4 and "False" not in printed.replace("causal=False", "")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the resident set from /proc")
+def test_memory_per_rank_is_one_incoming_shard_above_one_over_p():
+    """Peak memory of a causal forward + backward at fixed N: P = 2 holds about 1/2 of P = 1's.
+
+    A rank holds its O(N/P) shards plus the key/value shard arriving: with d = 64 that is about
+    (13 + 2) / 13 of 1/P. A send that keeps its buffer alive one step too long (as a first version
+    did) adds a shard and fails this; so would a rank that gathers the whole sequence.
+    """
+    config = dict(N=8192, B=1, H=1, d=64, layout="zigzag", repeats=1)
+    single = ring.launch(ring.measure_worker, 1, config, timeout=120)[0]["peak_bytes"]
+    pair = max(r["peak_bytes"] for r in ring.launch(ring.measure_worker, 2, config, timeout=120))
+    assert pair / single <= 0.5 * 1.25, (pair / 2**20, single / 2**20)
