@@ -209,6 +209,21 @@ def _merge(out_a, lse_a, out_b, lse_b):
     return torch.exp(lse_a - safe) * out_a + torch.exp(lse_b - safe) * out_b, lse
 
 
+def _wide_tiles(bm: BlockMask, tiles, L_full: int, L_partial: int, k_tiles, v_tiles, kv_head):
+    """The wide tiles of query tiles ``tiles: (M,)``: its full list (no mask), then its partial list.
+
+    Yields ``(k_wide: (B, H, M, L b_k, d), v_wide: (B, H, M, L b_k, d_v), allowed)`` for each
+    non-empty list; ``allowed`` is the element mask, or None when nothing is masked.
+    """
+    for num, indices, L, partial in ((bm.full_kv_num_blocks, bm.full_kv_indices, L_full, False),
+                                     (bm.kv_num_blocks, bm.kv_indices, L_partial, True)):  # fmt: skip
+        if L == 0:
+            continue
+        index, padding = _list_step(num, indices, tiles, L)  # (B_m, H_m, M, L)
+        allowed = _allowed(bm, bm.partial_slot, tiles, index, padding, partial, bm.block_q, bm.block_k, False)
+        yield _gather(k_tiles, index, kv_head), _gather(v_tiles, index, kv_head), allowed
+
+
 def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float | None = None, fused: bool = True):
     """The forward pass in PyTorch tiles: ``(out: (B, H, N_q, d_v), lse: (B, H, N_q))``.
 
@@ -239,31 +254,18 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
     for tiles, L_full, L_partial in _groups(bm.full_kv_num_blocks, bm.kv_num_blocks, per_entry):  # Alg. 1 line 3
         M = tiles.numel()
         q_tile = q_tiles[:, :, tiles]  # (B, H, M, b_q, d)
+        wide_tiles = _wide_tiles(bm, tiles, L_full, L_partial, k_tiles, v_tiles, kv_head)  # Alg. 1 line 7
         if use_fused:
             done = None  # (out, lse) of the lists done so far
-            for num, indices, L, partial in ((bm.full_kv_num_blocks, bm.full_kv_indices, L_full, False),
-                                             (bm.kv_num_blocks, bm.kv_indices, L_partial, True)):  # fmt: skip
-                if L == 0:
-                    continue
-                index, padding = _list_step(num, indices, tiles, L)  # (B_m, H_m, M, L)
-                allowed = _allowed(bm, bm.partial_slot, tiles, index, padding, partial, b_q, b_k, transpose=False)
-                step = _attend_fused(
-                    q_tile, _gather(k_tiles, index, kv_head), _gather(v_tiles, index, kv_head), allowed
-                )
+            for k_wide, v_wide, allowed in wide_tiles:
+                step = _attend_fused(q_tile, k_wide, v_wide, allowed)
                 done = step if done is None else _merge(*done, *step)
             out[:, :, tiles], lse[:, :, tiles] = done[0], done[1].squeeze(-1)
             continue
         acc = torch.zeros(B, H, M, b_q, d_v, dtype=dtype, device=q.device)  # (B, H, M, b_q, d_v)
         row_sum = torch.zeros(B, H, M, b_q, 1, dtype=dtype, device=q.device)  # (B, H, M, b_q, 1)
         row_max = torch.full_like(row_sum, float("-inf"))  # (B, H, M, b_q, 1)
-        for num, indices, L, partial in ((bm.full_kv_num_blocks, bm.full_kv_indices, L_full, False),
-                                         (bm.kv_num_blocks, bm.kv_indices, L_partial, True)):  # fmt: skip
-            if L == 0:
-                continue
-            index, padding = _list_step(num, indices, tiles, L)  # (B_m, H_m, M, L)
-            allowed = _allowed(bm, bm.partial_slot, tiles, index, padding, partial, b_q, b_k, transpose=False)
-            k_wide = _gather(k_tiles, index, kv_head)  # (B, H, M, L b_k, d)  Alg. 1 line 7
-            v_wide = _gather(v_tiles, index, kv_head)  # (B, H, M, L b_k, d_v)
+        for k_wide, v_wide, allowed in wide_tiles:
             row_max = _fold_in_(q_tile, k_wide, v_wide, allowed, acc, row_sum, row_max)  # Alg. 1 lines 8-10
         # Alg. 1 lines 12-13: divide once; a row that saw no key keeps acc = 0, l = 0 -> 0, lse = -inf
         out[:, :, tiles] = acc / torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum))
