@@ -382,9 +382,15 @@ def run(
     resume: bool = True,
     max_bytes: int | None = None,
     timeout: float = 900,
+    rounds: int = 1,
     **options,
 ) -> list[dict]:
     """Measure every method at every size, one fresh process each, in one run.
+
+    ``rounds > 1`` measures every configuration of a size in ``rounds`` fresh processes, the
+    methods taking turns (a, b, c, a, b, c, ...), and keeps the median time and memory: on a
+    shared machine a slow spell of a few seconds then shifts one of the samples, not the result,
+    and it hits every method alike.
 
     ``options``: ``kind`` ("language" or "vision"), ``B``, ``H`` (heads), ``d`` (head dim,
     language), ``C`` (channels, vision), ``dtype``, ``device``, ``causal``, ``threads``,
@@ -406,20 +412,39 @@ def run(
         out = check_writable(out)
         if resume and out.exists():
             done = {_key(row): row for row in _read_raw(out) if row.get("status", "ok") in ("ok", "skipped")}
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     rows = []
-    bar = tqdm(configs, desc="bench", disable=not progress)
-    for config in bar:
-        key = _key(config)
-        if key in done:
-            rows.append(read_row(done[key]))
-            continue
-        bar.set_postfix_str(f"{config['method']} N={config['N']}")
-        row = _measure_config(config, timeout=timeout, max_bytes=max_bytes)
-        rows.append(row)
-        if out is not None:
-            done[key] = row
-            _write_atomically(list(done.values()), out)
+    bar = tqdm(total=len(configs) * rounds, desc="bench", disable=not progress)
+    for at_size in (configs[i : i + len(methods)] for i in range(0, len(configs), len(methods))):  # one size
+        rows += [read_row(done[_key(c)]) for c in at_size if _key(c) in done]
+        todo = [c for c in at_size if _key(c) not in done]
+        bar.update(rounds * (len(at_size) - len(todo)))
+        samples: dict[tuple, list[dict]] = {_key(c): [] for c in todo}
+        for _ in range(rounds):
+            for config in todo:  # the methods take turns
+                bar.set_postfix_str(f"{config['method']} N={config['N']}")
+                samples[_key(config)].append(_measure_config(config, timeout=timeout, max_bytes=max_bytes))
+                bar.update(1)
+        for config in todo:
+            row = _combine(samples[_key(config)])
+            rows.append(row)
+            if out is not None:
+                done[_key(config)] = row
+                _write_atomically(list(done.values()), out)
+    bar.close()
     return rows
+
+
+def _combine(samples: list[dict]) -> dict:
+    """One row from the rows of several rounds: the median time and peak memory, or the first failure."""
+    failed = [row for row in samples if row["status"] != "ok"]
+    if failed:
+        return failed[0]
+    row = dict(samples[0])
+    for key in ("median_s", "peak_mib"):
+        row[key] = statistics.median(sample[key] for sample in samples)
+    return row
 
 
 def _check_method(method, kind: str) -> None:
@@ -579,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--causal", action="store_true")
     run_parser.add_argument("--threads", type=_positive_int, default=2)
     run_parser.add_argument("--repeats", type=_positive_int, default=5)
+    run_parser.add_argument(
+        "--rounds", type=_positive_int, default=1, help="fresh processes per configuration, methods taking turns"
+    )
     run_parser.add_argument("--max-memory-gib", type=float, help="skip configurations estimated above this")
     plot_parser = commands.add_parser("plot", help="plot a CSV written by 'run'")
     plot_parser.add_argument("csv")
@@ -636,7 +664,9 @@ def main(argv=None) -> int:
         options["d"] = args.head_dim
     max_bytes = None if args.max_memory_gib is None else int(args.max_memory_gib * 2**30)
     try:
-        rows = run(names, sizes, out=args.out, resume=not args.restart, max_bytes=max_bytes, **options)
+        rows = run(
+            names, sizes, out=args.out, resume=not args.restart, max_bytes=max_bytes, rounds=args.rounds, **options
+        )
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: the finished rows are in {args.out}; run the same command again to resume", file=sys.stderr

@@ -120,3 +120,23 @@ def test_an_interrupted_run_resumes_without_losing_or_duplicating_rows(tmp_path)
     assert [row["N"] for row in after] == [64, 128, 256, 512]  # each size once, in order
     assert after[: len(before)] == before  # the finished rows were kept, not measured again
     assert os.path.getsize(out) > 0
+
+
+def test_rounds_take_turns_and_keep_the_median(tmp_path, monkeypatch):
+    """rounds=3: each configuration in 3 processes, methods alternating; the median of each is kept."""
+    calls = []
+    times = {"sdpa": iter([0.9, 0.1, 0.5]), "dense": iter([2.0, 3.0, 1.0])}
+
+    def fake_measure(config, *, timeout, max_bytes):
+        calls.append(config["method"])
+        row = {key: config[key] for key in bench.CONFIG_FIELDS}
+        seconds = next(times[config["method"]])
+        return dict(row, median_s=seconds, peak_mib=10 * seconds, status="ok", error="")
+
+    monkeypatch.setattr(bench, "_measure_config", fake_measure)
+    rows = bench.run(["dense", "sdpa"], [64], out=tmp_path / "r.csv", progress=False, rounds=3)
+    assert calls == ["dense", "sdpa"] * 3
+    assert {row["method"]: row["median_s"] for row in rows} == {"dense": 2.0, "sdpa": 0.5}
+    assert {row["method"]: row["median_s"] for row in bench.read_results(tmp_path / "r.csv")} == {"dense": 2.0, "sdpa": 0.5}
+    with pytest.raises(ValueError, match="rounds must be a positive int"):
+        bench.run(["dense"], [64], progress=False, rounds=0)
