@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Re-create the committed CPU measurements that single chapters read (benchmarks/run_cpu.sh makes
 # the ones of the introduction and the comparison). Each configuration runs in a fresh process,
-# 2 threads, float32; the windowed, PVT and DAT mixers in 3 rounds of fresh processes, the methods
-# taking turns (the median is kept). Run it on an otherwise idle machine (about an hour on 2 cores).
+# 2 threads, float32; the windowed mixers in 5 rounds of fresh processes, PVT and DAT in 3, the
+# methods taking turns (the median is kept): on this shared machine a fresh process is now and then
+# 1.5x slower throughout, and the rounds keep such a process from deciding a result. Run it on an
+# otherwise idle machine (about an hour on 2 cores).
 # Ctrl-C and rerun resumes the attnlib.bench runs; --restart (passed through) measures them again.
 #   01 Swin, 02 MaxViT:      one attention layer, C=96, 3 heads (Swin-T stage 1), sides 28 .. 168
 #   03 PVT, 04 DAT:          C=64, 1 head (PVT stage 1, R=8) and 2 heads (DAT stage 1, r=8), sides 28 .. 168
@@ -15,12 +17,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 R=benchmarks/results
-VISION=("$PY" -m attnlib.bench run "$@" --kind vision --repeats 5 --rounds 3 --max-memory-gib 5)
-"${VISION[@]}" --methods dense,sdpa,swin,maxvit --sizes 28,56,84,112,140,168 --channels 96 --heads 3 \
+VISION=("$PY" -m attnlib.bench run "$@" --kind vision --repeats 5 --max-memory-gib 5)
+"${VISION[@]}" --rounds 5 --methods dense,sdpa,swin,maxvit --sizes 28,56,84,112,140,168 --channels 96 --heads 3 \
   --out $R/cpu_vision_windows.csv --plot $R/cpu_vision_windows.png
-"${VISION[@]}" --methods dense,sdpa,pvt --sizes 28,56,84,112,140,168 --channels 64 --heads 1 \
+"${VISION[@]}" --rounds 3 --methods dense,sdpa,pvt --sizes 28,56,84,112,140,168 --channels 64 --heads 1 \
   --out $R/cpu_vision_pvt_dat.csv
-"${VISION[@]}" --methods dense,sdpa,dat --sizes 28,56,84,112,140,168 --channels 64 --heads 2 \
+"${VISION[@]}" --rounds 3 --methods dense,sdpa,dat --sizes 28,56,84,112,140,168 --channels 64 --heads 2 \
   --out $R/cpu_vision_pvt_dat.csv --plot $R/cpu_vision_pvt_dat.png
 # The approximation mixers are far from their targets: one round (median of 7 calls) is enough.
 "$PY" -m attnlib.bench run "$@" --kind vision --repeats 7 --max-memory-gib 5 \
