@@ -416,7 +416,8 @@ def run(
         raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     rows = []
     bar = tqdm(total=len(configs) * rounds, desc="bench", disable=not progress)
-    for at_size in (configs[i : i + len(methods)] for i in range(0, len(configs), len(methods))):  # one size
+    for size in sizes:
+        at_size = [_config(name, size, **options) for name in methods]
         rows += [read_row(done[_key(c)]) for c in at_size if _key(c) in done]
         todo = [c for c in at_size if _key(c) not in done]
         bar.update(rounds * (len(at_size) - len(todo)))

@@ -45,6 +45,7 @@ import torch
 from .._checks import check_qkv
 from .block_mask import BlockMask
 from .flash import _compute_dtype, _resolve_scale, _zero_where_minus_inf
+from .ring import merge_partial
 
 __all__ = [
     "BACKENDS",
@@ -174,7 +175,7 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 
 
 def _attend_fused(q_tile, k_wide, v_wide, allowed):
-    """One wide tile through PyTorch's fused CPU kernel: ``(out: (B, H, M, b_q, d_v), lse: (B, H, M, b_q, 1))``.
+    """One wide tile through PyTorch's fused CPU kernel: ``(out: (B, H, M, b_q, d_v), lse: (B, H, M, b_q))``.
 
     The same arithmetic as :func:`_fold_in_` from an empty state (FA-2 Alg. 1 inside the kernel),
     finished: divided by the row sums. The ``M`` query tiles are the kernel's "heads". A row that
@@ -190,23 +191,12 @@ def _attend_fused(q_tile, k_wide, v_wide, allowed):
         q_tile.reshape(B * H, M, b_q, d), k_wide.reshape(B * H, M, width, d), v_wide.reshape(B * H, M, width, d_v),
         0.0, False, attn_mask=mask, scale=1.0,  # q is scaled already
     )  # fmt: skip
-    out, lse = out.view(B, H, M, b_q, d_v), lse.view(B, H, M, b_q, 1)
+    out, lse = out.view(B, H, M, b_q, d_v), lse.view(B, H, M, b_q)
     if allowed is not None:
-        sees_a_key = allowed.any(dim=-1, keepdim=True)  # (B_m, H_m, M, b_q, 1)
-        out = out.masked_fill(~sees_a_key, 0.0)
+        sees_a_key = allowed.any(dim=-1)  # (B_m, H_m, M, b_q)
+        out = out.masked_fill(~sees_a_key[..., None], 0.0)
         lse = lse.masked_fill(~sees_a_key, float("-inf"))
     return out, lse
-
-
-def _merge(out_a, lse_a, out_b, lse_b):
-    """Two finished partial results over disjoint keys -> one: the logsumexp rule of the online softmax.
-
-    ``lse = log(e^lse_a + e^lse_b)``, ``out = e^(lse_a - lse) out_a + e^(lse_b - lse) out_b``
-    (chapter 10's rescaling, and chapter 15's merge across devices). Rows with no key stay 0, -inf.
-    """
-    lse = torch.logaddexp(lse_a, lse_b)  # (..., 1)
-    safe = _zero_where_minus_inf(lse)
-    return torch.exp(lse_a - safe) * out_a + torch.exp(lse_b - safe) * out_b, lse
 
 
 def _wide_tiles(bm: BlockMask, tiles, L_full: int, L_partial: int, k_tiles, v_tiles, kv_head):
@@ -232,7 +222,8 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
     have the same lengths run together, a few MiB of gathered keys at a time.
 
     ``fused=True`` (on a CPU): each wide tile goes through PyTorch's fused FlashAttention kernel
-    (:func:`_attend_fused`) and the two lists are merged with :func:`_merge`; ``fused=False``, or
+    (:func:`_attend_fused`) and the two lists are merged by the logsumexp rule
+    (:func:`attnlib.optim.ring.merge_partial`); ``fused=False``, or
     on another device: the softmax written out (:func:`_fold_in_`). Same result.
     """
     B, H, H_kv, N_q, N_k, d = _check_inputs(q, k, v, block_mask)
@@ -256,11 +247,11 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
         q_tile = q_tiles[:, :, tiles]  # (B, H, M, b_q, d)
         wide_tiles = _wide_tiles(bm, tiles, L_full, L_partial, k_tiles, v_tiles, kv_head)  # Alg. 1 line 7
         if use_fused:
-            done = None  # (out, lse) of the lists done so far
+            done = None  # (out, lse) of the lists done so far, merged as chapter 15 merges across devices
             for k_wide, v_wide, allowed in wide_tiles:
                 step = _attend_fused(q_tile, k_wide, v_wide, allowed)
-                done = step if done is None else _merge(*done, *step)
-            out[:, :, tiles], lse[:, :, tiles] = done[0], done[1].squeeze(-1)
+                done = step if done is None else merge_partial(*done, *step)
+            out[:, :, tiles], lse[:, :, tiles] = done
             continue
         acc = torch.zeros(B, H, M, b_q, d_v, dtype=dtype, device=q.device)  # (B, H, M, b_q, d_v)
         row_sum = torch.zeros(B, H, M, b_q, 1, dtype=dtype, device=q.device)  # (B, H, M, b_q, 1)

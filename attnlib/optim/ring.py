@@ -602,14 +602,13 @@ class RingAttentionFunction(torch.autograd.Function):
         # share into the buffer the previous rank sent, then sends it on. Adding *into the received
         # buffer* (instead of into a fresh one, added later) keeps one dK/dV buffer per rank besides
         # the one arriving, so a rank's memory beyond P = 1 is only the incoming key/value shard.
-        dkv, passing_dkv, dkv_works = None, None, []
+        dkv = torch.zeros(k.numel() + v.numel(), dtype=compute_dtype, device=q.device)  # packed (dk, dv)
+        passing_dkv, dkv_works = None, []
         for step in range(ring.size):
             tick = time.perf_counter()
             if step + 1 < ring.size:
                 next_kv, kv_works = ring.start_exchange(kv, _KV_TAG, stats)
-            if step == 0:
-                dkv = torch.zeros(k.numel() + v.numel(), dtype=compute_dtype, device=q.device)  # packed (dk, dv)
-            else:  # the partial gradients of the shard we now hold, from the ranks before us
+            if step > 0:  # the partial gradients of the shard we now hold, from the ranks before us
                 _wait(dkv_works)  # also ends our previous send, whose buffer is then freed
                 dkv = passing_dkv
             if stats is not None:

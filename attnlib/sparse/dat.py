@@ -139,10 +139,10 @@ def relative_position_bias(
 
     Args:
         rpe_table: ``(nh, 2H - 1, 2W - 1)`` learned bias.
-        query_positions: ``(Hq, Wq, 2)`` normalized ``(y, x)`` of the queries (:func:`reference_points`).
+        query_positions: ``(..., 2)`` normalized ``(y, x)`` of the ``N`` queries (:func:`reference_points`).
         positions: ``(B, g, Ns, 2)`` normalized ``(y, x)`` of the deformed points.
 
-    Returns ``(B, nh, N, Ns)`` with ``N = Hq * Wq``; head ``m`` reads its group's points ``m // (nh / g)``.
+    Returns ``(B, nh, N, Ns)``; head ``m`` reads its group's points ``m // (nh / g)``.
     As the official code: ``grid_sample(rpe_table, (query - point) / 2, align_corners=True)``.
     """
     B, g, Ns, _ = positions.shape
@@ -335,26 +335,30 @@ class DeformableAttention(nn.Module):
         v = self.proj_v(sampled).view(B, -1, nh, d).transpose(1, 2)  # (B, nh, Ns, d)
         return q, k, v, positions.flatten(2, 3)
 
-    def _bias(self, positions: torch.Tensor, queries: slice = slice(None)) -> torch.Tensor | None:
-        """``phi(B^; R)`` for the queries ``queries`` (row-major numbers): ``(B, nh, n, Ns)``, or None."""
+    def _bias(self, positions: torch.Tensor, query_positions: torch.Tensor) -> torch.Tensor | None:
+        """``phi(B^; R)`` for queries at ``query_positions: (n, 2)``: ``(B, nh, n, Ns)``, or None."""
         if not self.use_pe:
             return None
-        grid = reference_points(self.height, self.width, dtype=positions.dtype, device=positions.device)  # (H, W, 2)
-        return relative_position_bias(self.rpe_table, grid.view(-1, 2)[queries], positions)  # (B, nh, n, Ns)
+        return relative_position_bias(self.rpe_table, query_positions, positions)  # (B, nh, n, Ns)
+
+    def _query_positions(self, like: torch.Tensor) -> torch.Tensor:
+        """``(N, 2)`` normalized ``(y, x)`` of the ``H x W`` queries, row-major."""
+        return reference_points(self.height, self.width, dtype=like.dtype, device=like.device).view(-1, 2)
 
     def forward(self, x: torch.Tensor, *, fused: bool = True) -> torch.Tensor:
         self._check_input(x)
         B, H, W, C = x.shape
         q, k, v, positions = self._qkv_positions(x)
+        query_positions = self._query_positions(positions)  # (N, 2)
         # Eq. (9), a block of queries at a time: the bias of all N queries, (B, nh, N, Ns), would be
         # as large as the scores; the bias of one block stays in the cache and its memory is reused.
         Ns = positions.shape[2]
-        block = max(8, _BIAS_BLOCK_ELEMENTS // (Ns * self.num_heads) // 8 * 8)  # queries per block
+        block = max(8, _BIAS_BLOCK_ELEMENTS // (B * self.num_heads * Ns) // 8 * 8)  # queries per block
         outs = [
             deformable_attention(
-                q[:, :, queries], k, v, self._bias(positions, queries), scale=self.scale, fused=fused
+                q[:, :, rows], k, v, self._bias(positions, query_positions[rows]), scale=self.scale, fused=fused
             )  # (B, nh, n, d)
-            for queries in (slice(start, start + block) for start in range(0, H * W, block))
+            for rows in (slice(start, start + block) for start in range(0, H * W, block))
         ]
         out = torch.cat(outs, dim=2)  # (B, nh, N, d)
         return self.proj_out(out.transpose(1, 2).reshape(B, H, W, C))  # (B, H, W, C)
@@ -365,7 +369,7 @@ class DeformableAttention(nn.Module):
         self._check_input(x)
         q, k, _, positions = self._qkv_positions(x)
         scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, nh, N, Ns)
-        bias = self._bias(positions)
+        bias = self._bias(positions, self._query_positions(positions))
         return (scores if bias is None else scores + bias).softmax(dim=-1)
 
 
