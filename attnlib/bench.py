@@ -14,6 +14,14 @@ How (see FACTS.md of the project):
   Dense attention then reads exactly its two ``N x N`` float32 buffers (scores
   and probabilities). On a GPU: ``torch.cuda.max_memory_allocated`` minus the
   memory held before the call.
+* **a steady C allocator while timing (CPU)**: after the memory measurement the worker fixes
+  glibc's thresholds (:func:`_steady_allocator`). By default glibc serves a large block with a
+  fresh ``mmap`` once the block is above a threshold that it moves as the process frees memory,
+  so the same code ran in two speeds in different fresh processes: Swin's window layer at
+  112 x 112 took 35 ms in some and 50 ms in others, where every call paid ~7,100 page faults.
+  Fixed thresholds let every call reuse the pages of the previous one in every process, as
+  PyTorch's caching allocator does on a GPU. Blocks above 32 MiB (dense attention's N x N
+  buffers) are still mapped fresh each call, as before.
 
 Two kinds of configuration:
 
@@ -168,6 +176,26 @@ def _release_free_memory() -> None:
         malloc_trim(0)
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+STEADY_MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed value on 64-bit machines
+STEADY_TRIM_THRESHOLD = 1 * 2**30  # keep up to 1 GiB of freed heap for the next call
+
+
+def _steady_allocator() -> bool:
+    """Fix glibc's mmap and trim thresholds so that repeated calls reuse their pages; False if no glibc.
+
+    Setting them turns off glibc's dynamic adjustment, whose state depends on the history of the
+    process (see the module docstring). Called after the memory measurement, before the timing.
+    """
+    libc_name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)) and bool(
+        mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)
+    )
+
+
 def _language_call(config: dict, device: torch.device):
     """(warm-up call, measured call) for an attention kernel on ``(B, H, N, d)`` inputs."""
     from . import registry
@@ -217,6 +245,8 @@ def _measure_here(config: dict) -> dict:
     warmup_call()
     _release_free_memory()
     peak = peak_memory_bytes(measured_call, device)  # the memory measurement
+    if device.type == "cpu":
+        _steady_allocator()  # the timing: every call reuses the pages of the previous one
     seconds = median_time(measured_call, repeats=config["repeats"], warmup=config["warmup"], device=device)
     return {"median_s": seconds, "peak_mib": peak / 2**20, "status": "ok", "error": ""}
 

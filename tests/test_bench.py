@@ -141,3 +141,35 @@ def test_rounds_take_turns_and_keep_the_median(tmp_path, monkeypatch):
     assert {row["method"]: row["median_s"] for row in written} == {"dense": 2.0, "sdpa": 0.5}
     with pytest.raises(ValueError, match="rounds must be a positive int"):
         bench.run(["dense"], [64], progress=False, rounds=0)
+
+
+_CHURN = """
+import ctypes, ctypes.util, resource, sys, torch
+from attnlib import bench
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallopt(bench.M_MMAP_THRESHOLD, 4 * 2**20)  # a churning state, as glibc's moving thresholds leave
+libc.mallopt(bench.M_TRIM_THRESHOLD, 8 * 2**20)  # some processes: freed heap above 8 MiB goes back
+if sys.argv[1] == "steady":
+    assert bench._steady_allocator()
+faults = []
+for _ in range(4):  # one "call": ten 3 MiB blocks on the heap, touched, then all freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [torch.ones(3 * 2**18) for _ in range(10)]
+    del blocks
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(faults[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_steady_allocator_lets_repeated_calls_reuse_their_pages():
+    """In the churning state glibc hands the 30 MiB freed by a call back to the system, so every
+    call faults its pages in again (Swin's slow mode in the module docstring); after
+    ``_steady_allocator`` the calls after the first fault none."""
+
+    def faults_per_call(mode):
+        run = subprocess.run([sys.executable, "-c", _CHURN, mode], capture_output=True, text=True, check=True)
+        return int(run.stdout.split()[-1])
+
+    assert faults_per_call("churning") > 5000  # 30 MiB of 4 KiB pages, every call
+    assert faults_per_call("steady") < 100
