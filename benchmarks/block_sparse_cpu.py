@@ -1,6 +1,7 @@
 """CPU benchmark of chapter 14 (block-sparse FlashAttention): writes benchmarks/results/cpu_block_sparse.csv/.png.
 
-Three measurements, each configuration in a fresh process (B=1, H=4, d=64, float32, 2 threads, forward):
+Three measurements, each configuration in a fresh process (B=1, H=4, d=64, float32, 2 threads, forward;
+glibc's allocator held steady while timing, as ``attnlib.bench`` does):
 
 1. ``size``: BigBird's pattern (block 64, 3 random blocks) at N = 1K..16K with the PyTorch path of
    the block-sparse kernel (registry row ``bigbird_flash``), against dense SDPA and BigBird's own
@@ -42,6 +43,7 @@ def _worker(config: dict) -> dict:
     from attnlib.optim.block_sparse import block_sparse_attention
 
     torch.set_num_threads(2)
+    bench._steady_allocator()  # as attnlib.bench times: calls reuse their pages (no memory is measured here)
     N, r = config["N"], config["random_blocks"]
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, N, D, generator=gen) for _ in range(3))  # (B, H, N, d) each

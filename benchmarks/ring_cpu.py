@@ -1,7 +1,8 @@
 """Ring attention on a CPU with gloo: peak memory and time per process for P = 1, 2, 4 processes.
 
 Each (P, N) runs in a fresh group of P processes (attnlib.optim.ring.launch), one thread each:
-one causal forward + backward (zigzag layout, B=1, H=1, d=64, float32) measures each rank's
+one causal forward + backward (zigzag layout, B=1, H=1, d=64, float32; with P > 1 once with the
+backward's prefetch on, as the published implementations, and once off) measures each rank's
 peak resident memory above what it held before building its shards; then the best of
 ``--repeats`` timed forward + backward passes gives the time and the share spent waiting for
 key/value blocks and their gradients (communication not hidden behind compute). Each rank asks
@@ -33,6 +34,7 @@ FIELDS = [
     "P",
     "N",
     "layout",
+    "prefetch",
     "B",
     "H",
     "d",
@@ -44,8 +46,10 @@ FIELDS = [
 ]
 
 
-def measure(P: int, N: int, *, B: int, H: int, d: int, layout: str, repeats: int, timeout: float) -> dict:
-    config = dict(N=N, B=B, H=H, d=d, layout=layout, repeats=repeats)
+def measure(
+    P: int, N: int, *, B: int, H: int, d: int, layout: str, prefetch: bool, repeats: int, timeout: float
+) -> dict:
+    config = dict(N=N, B=B, H=H, d=d, layout=layout, repeats=repeats, prefetch=prefetch)
     per_rank = ring.launch(ring.measure_worker, P, config, timeout=timeout)
     peaks = [r["peak_bytes"] / 2**20 for r in per_rank]
     seconds = max(r["seconds"] for r in per_rank)
@@ -54,6 +58,7 @@ def measure(P: int, N: int, *, B: int, H: int, d: int, layout: str, repeats: int
         P=P,
         N=N,
         layout=layout,
+        prefetch=prefetch,
         B=B,
         H=H,
         d=d,
@@ -72,10 +77,12 @@ def plot(rows: list[dict], out: Path, budget_mib: float) -> None:
     import matplotlib.pyplot as plt
 
     figure, (memory_axis, time_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for P in sorted({r["P"] for r in rows}):
-        mine = sorted((r for r in rows if r["P"] == P), key=lambda r: r["N"])
-        memory_axis.loglog([r["N"] for r in mine], [r["peak_mib_max"] for r in mine], "o-", label=f"P = {P}")
-        time_axis.loglog([r["N"] for r in mine], [r["seconds"] for r in mine], "o-", label=f"P = {P}")
+    for P, prefetch in sorted({(r["P"], r["prefetch"]) for r in rows}):
+        mine = sorted((r for r in rows if (r["P"], r["prefetch"]) == (P, prefetch)), key=lambda r: r["N"])
+        label = f"P = {P}" if P == 1 else f"P = {P}, prefetch {'on' if prefetch else 'off'}"
+        style = "o-" if prefetch else "s--"
+        memory_axis.loglog([r["N"] for r in mine], [r["peak_mib_max"] for r in mine], style, label=label)
+        time_axis.loglog([r["N"] for r in mine], [r["seconds"] for r in mine], style, label=label)
     memory_axis.axhline(budget_mib, color="gray", linestyle="--", label=f"budget {budget_mib:g} MiB")
     memory_axis.set(xlabel="N (whole sequence)", ylabel="peak MiB per process", title="memory per process")
     time_axis.set(xlabel="N (whole sequence)", ylabel="seconds (forward + backward)", title="time, shared cores")
@@ -98,10 +105,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     pairs = [(int(P), int(N)) for P in args.worlds.split(",") for N in args.sizes.split(",")]
     pairs += [tuple(int(x) for x in item.split(":")) for item in args.extra.split(",") if item]
+    # P = 1 sends nothing: prefetch changes nothing there, so it is measured once
+    runs = [(P, N, prefetch) for P, N in pairs for prefetch in ((True,) if P == 1 else (True, False))]
     rows = []
-    for P, N in pairs:
+    for P, N, prefetch in runs:
         start = time.perf_counter()
-        row = measure(P, N, B=1, H=1, d=64, layout="zigzag", repeats=args.repeats, timeout=args.timeout)
+        row = measure(
+            P, N, B=1, H=1, d=64, layout="zigzag", prefetch=prefetch, repeats=args.repeats, timeout=args.timeout
+        )
         rows.append(row)
         print(row, f"({time.perf_counter() - start:.0f} s)", flush=True)
     out = Path(args.out)

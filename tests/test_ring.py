@@ -255,17 +255,20 @@ CASES = {
         RingCase(N_q=32, causal=True, layout="zigzag", H=4, H_kv=1, seed=3),
         RingCase(N_q=48, N_k=24, causal=True, layout="zigzag", d=4, d_v=6, seed=4),  # 24 fully masked rows
         RingCase(N_q=16, N_k=40, causal=True, layout="plain", seed=5),  # queries at the end of longer keys
+        RingCase(N_q=32, causal=True, layout="zigzag", H=4, H_kv=1, seed=13, prefetch=False),
     ],
     3: [
         RingCase(N_q=36, causal=True, layout="zigzag", H=4, H_kv=2, seed=6),
         RingCase(N_q=30, causal=False, layout="zigzag", H=3, H_kv=1, seed=7),
         RingCase(N_q=42, N_k=21, causal=True, layout="plain", seed=8),  # 21 fully masked rows
+        RingCase(N_q=42, N_k=21, causal=True, layout="plain", seed=14, prefetch=False),
     ],
     4: [
         RingCase(N_q=64, causal=True, layout="plain", H=4, H_kv=2, seed=9),
         RingCase(N_q=64, causal=True, layout="zigzag", H=4, H_kv=2, seed=10),
         RingCase(N_q=32, causal=False, layout="plain", H=2, H_kv=1, seed=11),
         RingCase(N_q=64, N_k=32, causal=True, layout="zigzag", seed=12),  # 32 fully masked rows
+        RingCase(N_q=64, causal=False, layout="zigzag", H=4, H_kv=2, seed=15, prefetch=False),
     ],
 }
 
@@ -282,6 +285,11 @@ def _shape_errors_worker(rank, world_size):
     try:
         ring.ring_attention(q, k, v, layout="zigzag")
     except ValueError as error:
+        messages.append(str(error))
+    q, k, v = make_qkv(1, 2, 2, 8, 8, 4)
+    try:
+        ring.ring_attention(q, k, v, prefetch="no")  # a string is truthy: refused, not taken as True
+    except TypeError as error:
         messages.append(str(error))
     return messages
 
@@ -359,9 +367,10 @@ def test_fully_masked_rows_are_zero_with_minus_inf_lse():
 def test_ranks_that_disagree_get_the_same_error():
     per_rank = ring.launch(_shape_errors_worker, 2, timeout=120)
     for messages in per_rank:
-        assert len(messages) == 2
+        assert len(messages) == 3
         assert "ranks disagree" in messages[0] and "rank 0: (1, 2, 8" in messages[0]
         assert "divisible by 2" in messages[1] and "zigzag" in messages[1]
+        assert "prefetch must be a bool" in messages[2]
     assert per_rank[0][0] == per_rank[1][0]
 
 
@@ -395,12 +404,14 @@ def test_command_line(capsys):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the resident set from /proc")
-def test_memory_per_rank_is_one_incoming_shard_above_one_over_p():
+def test_memory_per_rank_is_one_over_p_and_one_incoming_shard_more_with_prefetch():
     """Peak memory of a causal forward + backward at fixed N: P = 2 holds about 1/2 of P = 1's.
 
-    A rank holds its O(N/P) shards plus the key/value shard arriving: with d = 64 that is about
-    (13 + 2) / 13 of 1/P. A send that keeps its buffer alive one step too long (as a first version
-    did) adds a shard and fails this; so would a rank that gathers the whole sequence.
+    With the backward's prefetch a rank holds its O(N/P) shards plus the key/value shard arriving:
+    with d = 64 that is about (13 + 2) / 13 of 1/P. A send that keeps its buffer alive one step
+    too long (as a first version did) adds a shard and fails this; so would a rank that gathers the
+    whole sequence. Without prefetch the shard moves after the compute, and P = 2 holds 1/2 of P = 1
+    up to the ring's fixed buffers (measured 0.53 at this N, 0.51 at N = 32K).
     """
     config = dict(N=8192, B=1, H=1, d=64, layout="zigzag", repeats=1)
     # spawned, not forked: a fork inherits the heap of this long-lived test process, whose free
@@ -409,4 +420,7 @@ def test_memory_per_rank_is_one_incoming_shard_above_one_over_p():
     spawn = dict(timeout=180, start_method="spawn")
     single = ring.launch(ring.measure_worker, 1, config, **spawn)[0]["peak_bytes"]
     pair = max(r["peak_bytes"] for r in ring.launch(ring.measure_worker, 2, config, **spawn))
+    lean = max(r["peak_bytes"] for r in ring.launch(ring.measure_worker, 2, {**config, "prefetch": False}, **spawn))
     assert pair / single <= 0.5 * 1.25, (pair / 2**20, single / 2**20)
+    assert lean / single <= 0.5 * 1.12, (lean / 2**20, single / 2**20)
+    assert lean < pair, (lean / 2**20, pair / 2**20)  # the shard that prefetch holds

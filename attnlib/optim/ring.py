@@ -67,7 +67,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .._checks import check_positive_int, check_qkv, check_tensor
+from .._checks import check_flag, check_positive_int, check_qkv, check_tensor
 from .flash import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, tiled_attention_backward, tiled_attention_forward
 
 __all__ = [
@@ -529,11 +529,12 @@ def _check_ranks_agree(ring: _Ring, q, k, v, causal: bool, layout: str) -> None:
 class RingAttentionFunction(torch.autograd.Function):
     """Ring attention as one autograd node: forward ``(out, lse)``, backward ``(dq, dk, dv)``.
 
-    ``RingAttentionFunction.apply(q, k, v, causal, scale, layout, group, backend, block_q, block_k, stats)``.
+    ``RingAttentionFunction.apply(q, k, v, causal, scale, layout, group, backend, block_q, block_k, stats,
+    prefetch)``.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, scale, layout, group, backend, block_q, block_k, stats):
+    def forward(ctx, q, k, v, causal, scale, layout, group, backend, block_q, block_k, stats, prefetch):
         ring = _Ring(group)
         B, H, n_q, _ = q.shape
         n_k, d_v = k.shape[2], v.shape[3]
@@ -573,7 +574,7 @@ class RingAttentionFunction(torch.autograd.Function):
         out_final = out.to(q.dtype)  # (B, H, n_q, d_v)
         lse_final = lse.float() if compute_dtype == torch.float32 else lse  # (B, H, n_q)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.settings = (causal, scale, layout, group, chosen, block_q, block_k, stats)
+        ctx.settings = (causal, scale, layout, group, chosen, block_q, block_k, stats, prefetch)
         ctx.mark_non_differentiable(lse_final)
         return out_final, lse_final
 
@@ -581,7 +582,7 @@ class RingAttentionFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        causal, scale, layout, group, chosen, block_q, block_k, stats = ctx.settings
+        causal, scale, layout, group, chosen, block_q, block_k, stats, prefetch = ctx.settings
         if dout is None:  # only lse was used: no gradient flows
             dout = torch.zeros_like(out)
         ring = _Ring(group)
@@ -601,12 +602,17 @@ class RingAttentionFunction(torch.autograd.Function):
         # The gradients of a shard travel with it: the rank that holds the shard at this step adds its
         # share into the buffer the previous rank sent, then sends it on. Adding *into the received
         # buffer* (instead of into a fresh one, added later) keeps one dK/dV buffer per rank besides
-        # the one arriving, so a rank's memory beyond P = 1 is only the incoming key/value shard.
+        # the one arriving.
+        # prefetch=True (as the published implementations): the next key/value shard travels while this
+        # one is computed, so a rank holds one more shard than at P = 1 while it computes. False: the
+        # shard moves after the compute, then its gradients do, one message after the other; a rank
+        # then never holds more than at P = 1, and waits for every message.
         dkv = torch.zeros(k.numel() + v.numel(), dtype=compute_dtype, device=q.device)  # packed (dk, dv)
         passing_dkv, dkv_works = None, []
         for step in range(ring.size):
             tick = time.perf_counter()
-            if step + 1 < ring.size:
+            more_steps = step + 1 < ring.size
+            if prefetch and more_steps:
                 next_kv, kv_works = ring.start_exchange(kv, _KV_TAG, stats)
             if step > 0:  # the partial gradients of the shard we now hold, from the ranks before us
                 _wait(dkv_works)  # also ends our previous send, whose buffer is then freed
@@ -628,9 +634,13 @@ class RingAttentionFunction(torch.autograd.Function):
                 _sync(q.device)
                 stats.backward_compute_s += time.perf_counter() - tick
             tick = time.perf_counter()
-            if step + 1 < ring.size:
+            if more_steps:
+                if not prefetch:  # the shard moves now; the next step needs it before anything else
+                    next_kv, kv_works = ring.start_exchange(kv, _KV_TAG, stats)
                 _wait(kv_works)
                 kv = next_kv
+            else:
+                del kv  # the last shard is done with: not held while its gradients travel
             if ring.size > 1:  # the gradients travel on with the shard they belong to
                 passing_dkv, dkv_works = ring.start_exchange(dkv, _DKV_TAG, stats)
                 del dkv  # the send keeps it alive until it is done
@@ -643,7 +653,7 @@ class RingAttentionFunction(torch.autograd.Function):
             if stats is not None:
                 stats.backward_wait_s += time.perf_counter() - tick
         dk, dv = _unpack(dkv, kv_shapes)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None, None, None
 
 
 def _resolve_scale(scale, d: int) -> float:
@@ -685,6 +695,7 @@ def ring_attention(
     block_q: int = DEFAULT_BLOCK_Q,
     block_k: int = DEFAULT_BLOCK_K,
     stats: RingStats | None = None,
+    prefetch: bool = True,
 ):
     """Exact attention over a sequence sharded across a process group; differentiable.
 
@@ -704,6 +715,10 @@ def ring_attention(
             ``"torch"`` or ``"triton"``.
         block_q, block_k: tiles of the PyTorch path.
         stats: a :class:`RingStats` to fill with times, bytes and work, or None.
+        prefetch: in the backward, receive the next key/value shard while computing on this one (as
+            the published implementations do; it hides the transfer but holds one more shard). False
+            moves each shard after its compute: a rank's peak memory is then that of P = 1 over its
+            shard, and every transfer is waited for. The forward always prefetches (its peak is lower).
 
     Returns:
         ``out: (B, H, n_q, d_v)`` in the dtype of ``q`` (and ``lse`` if asked).
@@ -713,9 +728,12 @@ def ring_attention(
     _check_arguments(q, k, v, causal, layout, block_q, block_k, world_size)
     if stats is not None and not isinstance(stats, RingStats):
         raise TypeError(f"stats must be a RingStats or None, got {type(stats).__name__}")
+    check_flag("prefetch", prefetch)
     scale = _resolve_scale(scale, q.shape[-1])
     _check_ranks_agree(_Ring(group), q, k, v, causal, layout)
-    out, lse = RingAttentionFunction.apply(q, k, v, causal, scale, layout, group, backend, block_q, block_k, stats)
+    out, lse = RingAttentionFunction.apply(
+        q, k, v, causal, scale, layout, group, backend, block_q, block_k, stats, prefetch
+    )
     return (out, lse) if return_lse else out
 
 
@@ -933,6 +951,7 @@ class RingCase:
     seed: int = 0
     logit_scale: float = 1.0  # multiplies q: large values test the merge at large logits
     backend: str = "auto"  # the local FlashAttention: "auto", "torch" or "triton"
+    prefetch: bool = True  # the backward receives the next shard while it computes
 
 
 def _case_inputs(case: RingCase):
@@ -955,8 +974,9 @@ def _cases_worker(rank: int, world_size: int, cases) -> list[dict]:
         q, k, v = (x.requires_grad_() for x in (q, k, v))
         stats = RingStats()
         out, lse = ring_attention(
-            q, k, v, causal=case.causal, layout=case.layout, return_lse=True, stats=stats, backend=case.backend
-        )
+            q, k, v, causal=case.causal, layout=case.layout, return_lse=True, stats=stats, backend=case.backend,
+            prefetch=case.prefetch,
+        )  # fmt: skip
         out.backward(dout)
         results.append(dict(out=out.detach(), lse=lse, dq=q.grad, dk=k.grad, dv=v.grad, pairs=stats.pairs))
     return results
@@ -1040,7 +1060,7 @@ def _release_free_memory() -> None:
 def measure_worker(rank: int, world_size: int, config: dict) -> dict:
     """One rank of a measurement: peak memory and time of a causal forward + backward.
 
-    ``config``: ``N`` (whole sequence), ``B``, ``H``, ``d``, ``layout``, ``repeats``. Memory is
+    ``config``: ``N`` (whole sequence), ``B``, ``H``, ``d``, ``layout``, ``repeats``, ``prefetch``. Memory is
     measured on the second step, as in a training loop: the first step at full size pays one-time
     allocations (thread pools, BLAS and gloo buffers). Large allocations get their own mappings
     (:func:`_map_large_allocations_directly`), so freed tensors leave the resident set. Before the
@@ -1050,6 +1070,7 @@ def measure_worker(rank: int, world_size: int, config: dict) -> dict:
     _map_large_allocations_directly()
     N, B, H, d = config["N"], config["B"], config["H"], config["d"]
     layout = config.get("layout", "zigzag")
+    prefetch = config.get("prefetch", True)
     n = N // world_size
     generator = torch.Generator().manual_seed(rank)
 
@@ -1058,7 +1079,7 @@ def measure_worker(rank: int, world_size: int, config: dict) -> dict:
         return q, k, v, torch.randn(B, H, n, d, generator=generator)
 
     def step(q, k, v, dout, stats=None):
-        ring_attention(q, k, v, causal=True, layout=layout, stats=stats).backward(dout)
+        ring_attention(q, k, v, causal=True, layout=layout, stats=stats, prefetch=prefetch).backward(dout)
 
     step(*inputs())  # the first step
     _release_free_memory()  # so that the measured step pays for every page it touches
