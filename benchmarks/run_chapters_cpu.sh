@@ -2,9 +2,11 @@
 # Re-create the committed CPU measurements that single chapters read (benchmarks/run_cpu.sh makes
 # the ones of the introduction and the comparison). Each configuration runs in a fresh process,
 # 2 threads, float32; the windowed mixers in 5 rounds of fresh processes, PVT and DAT in 3, the
-# methods taking turns (the median is kept): on this shared machine a fresh process is now and then
-# 1.5x slower throughout, and the rounds keep such a process from deciding a result. Run it on an
-# otherwise idle machine (about an hour on 2 cores).
+# methods taking turns (the median is kept), so that a slow spell of this shared machine does not
+# decide a result. (A fresh process that ran 1.5x slower throughout was glibc's allocator handing
+# pages back after every call; attnlib.bench now fixes its thresholds before timing, since
+# 2026-11-30: the windows, ring and block-sparse results are measured so, the older ones before.)
+# Run it on an otherwise idle machine (about an hour on 2 cores).
 # Ctrl-C and rerun resumes the attnlib.bench runs; --restart (passed through) measures them again.
 #   01 Swin, 02 MaxViT:      one attention layer, C=96, 3 heads (Swin-T stage 1), sides 28 .. 168
 #   03 PVT, 04 DAT:          C=64, 1 head (PVT stage 1, R=8) and 2 heads (DAT stage 1, r=8), sides 28 .. 168
