@@ -405,3 +405,42 @@ def test_pytorch_path_dtypes(dtype, atol, fused):
     assert out.dtype == dtype
     assert (out.double() - ref_out).abs().max() <= atol
     assert (lse.double() - ref_lse).abs().max() <= atol
+
+
+@pytest.mark.parametrize("heads, head_index", [(2, [0, 1]), (2, [0, 0, 1, 1])])
+def test_a_list_of_every_tile_is_read_as_a_view_not_gathered(heads, head_index):
+    """A query tile that sees every key tile in order (BigBird's global rows, a dense row) reads the
+    sequence itself: the wide tile is a view (stride 0 across query tiles), equal to the gather."""
+    from attnlib.optim.block_sparse import _gather
+
+    tiles = torch.randn(2, heads, 5, 4, 3)  # (B, heads, T, t, c)
+    head_index = torch.tensor(head_index)
+    every_tile = torch.arange(5).expand(1, len(head_index), 3, 5)  # (B_m, H_m, M, L = T)
+    wide = _gather(tiles, every_tile, head_index)  # (B, H, M, T * t, c)
+    assert wide.shape == (2, len(head_index), 3, 20, 3) and wide.stride(2) == 0
+    by_hand = tiles[:, head_index].flatten(2, 3)[:, :, None].expand_as(wide)
+    assert torch.equal(wide, by_hand)
+    if len(head_index) == heads:
+        assert wide.data_ptr() == tiles.data_ptr()  # no copy at all without grouped heads
+    one_missing = every_tile.clone()
+    one_missing[..., -1] = 3  # not every tile in order: the gather path
+    assert _gather(tiles, one_missing, head_index).stride(2) != 0
+
+
+def test_dense_rows_through_the_view_path_match_reference():
+    """Every list holds every key tile (full tiles only): out, lse and gradients equal the reference."""
+    N, H = 128, 2
+    bm = bmk.block_mask_from_dense(torch.ones(1, 1, N, N, dtype=torch.bool), block_q=32, block_k=32)
+    assert bool((bm.full_kv_num_blocks == N // 32).all())
+    q, k, v = (x.requires_grad_(True) for x in make_qkv(1, H, H, N, N, 16))
+    out, lse = block_sparse_forward_torch(q.detach(), k.detach(), v.detach(), bm)
+    ref_out, ref_lse = attention(q, k, v, return_lse=True)
+    torch.testing.assert_close(out, ref_out.detach(), **TOL)
+    torch.testing.assert_close(lse, ref_lse.detach(), **TOL)
+    block_sparse_attention(q, k, v, bm, backend="torch").sum().backward()
+    grads = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    attention(q, k, v).sum().backward()
+    for got, want in zip(grads, (q.grad, k.grad, v.grad)):
+        torch.testing.assert_close(got, want, **TOL)
