@@ -179,7 +179,7 @@ def _fold_in_(q_tile, k_wide, v_wide, allowed, acc, row_sum, row_max) -> torch.T
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def _attend_fused(q_tile, k_wide, v_wide, allowed):
+def _attend_fused(q_tile, k_wide, v_wide, allowed, scale: float):
     """One wide tile through PyTorch's fused CPU kernel: ``(out: (B, H, M, b_q, d_v), lse: (B, H, M, b_q))``.
 
     The same arithmetic as :func:`_fold_in_` from an empty state (FA-2 Alg. 1 inside the kernel),
@@ -194,7 +194,7 @@ def _attend_fused(q_tile, k_wide, v_wide, allowed):
         mask = additive.expand(B, H, M, b_q, width).reshape(B * H, M, b_q, width)  # a view when shared
     out, lse = _FLASH_CPU(
         q_tile.reshape(B * H, M, b_q, d), k_wide.reshape(B * H, M, width, d), v_wide.reshape(B * H, M, width, d_v),
-        0.0, False, attn_mask=mask, scale=1.0,  # q is scaled already
+        0.0, False, attn_mask=mask, scale=scale,  # the kernel scales q k^T itself: q is not copied to scale it
     )  # fmt: skip
     out, lse = out.view(B, H, M, b_q, d_v), lse.view(B, H, M, b_q)
     if allowed is not None:
@@ -230,6 +230,9 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
     (:func:`_attend_fused`) and the two lists are merged by the logsumexp rule
     (:func:`attnlib.optim.ring.merge_partial`); ``fused=False``, or
     on another device: the softmax written out (:func:`_fold_in_`). Same result.
+
+    Query tiles that run together are usually neighbours (``tiles`` a range): their queries, and the
+    rows of ``out`` and ``lse`` they fill, are then slices, not copies.
     """
     B, H, H_kv, N_q, N_k, d = _check_inputs(q, k, v, block_mask)
     scale = _resolve_scale(scale, d)
@@ -239,24 +242,32 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
     T_q, T_k = bm.num_tiles
     d_v = v.shape[-1]
     kv_head = torch.arange(H, device=q.device) // (H // H_kv)  # (H,) query head -> key/value head
-    q_tiles = _pad_tiles(q.to(dtype) * scale, T_q, b_q)  # (B, H, T_q, b_q, d)
+    use_fused = fused and q.device.type == "cpu" and _FLASH_CPU is not None
+    q_tiles = _pad_tiles(q.to(dtype) if use_fused else q.to(dtype) * scale, T_q, b_q)  # (B, H, T_q, b_q, d)
     k_tiles = _pad_tiles(k.to(dtype), T_k, b_k)  # (B, H_kv, T_k, b_k, d)
     v_tiles = _pad_tiles(v.to(dtype), T_k, b_k)  # (B, H_kv, T_k, b_k, d_v)
-    out = torch.zeros(B, H, T_q, b_q, d_v, dtype=dtype, device=q.device)  # (B, H, T_q, b_q, d_v)
-    lse = torch.full((B, H, T_q, b_q), float("-inf"), dtype=dtype, device=q.device)  # (B, H, T_q, b_q)
+    # every query tile with a key is written below; the ones that see none get 0 and lse = -inf here
+    out = torch.empty(B, H, T_q, b_q, d_v, dtype=dtype, device=q.device)  # (B, H, T_q, b_q, d_v)
+    lse = torch.empty(B, H, T_q, b_q, dtype=dtype, device=q.device)  # (B, H, T_q, b_q)
+    sees_nothing = (bm.full_kv_num_blocks + bm.kv_num_blocks).flatten(0, 1).amax(dim=0) == 0  # (T_q,)
+    if bool(sees_nothing.any()):  # (a boolean index writes through the whole tensor: only when needed)
+        out[:, :, sees_nothing] = 0.0
+        lse[:, :, sees_nothing] = float("-inf")
     per_entry = B * H * b_k * (d + d_v) * q_tiles.element_size()
-    use_fused = fused and q.device.type == "cpu" and _FLASH_CPU is not None
 
     for tiles, L_full, L_partial in _groups(bm.full_kv_num_blocks, bm.kv_num_blocks, per_entry):  # Alg. 1 line 3
         M = tiles.numel()
-        q_tile = q_tiles[:, :, tiles]  # (B, H, M, b_q, d)
+        first = int(tiles[0])
+        in_order = bool((tiles == torch.arange(first, first + M, device=tiles.device)).all())
+        rows = slice(first, first + M) if in_order else tiles  # (M,) tiles of the query axis
+        q_tile = q_tiles[:, :, rows]  # (B, H, M, b_q, d): a view when the tiles are a range
         wide_tiles = _wide_tiles(bm, tiles, L_full, L_partial, k_tiles, v_tiles, kv_head)  # Alg. 1 line 7
         if use_fused:
             done = None  # (out, lse) of the lists done so far, merged as chapter 15 merges across devices
             for k_wide, v_wide, allowed in wide_tiles:
-                step = _attend_fused(q_tile, k_wide, v_wide, allowed)
+                step = _attend_fused(q_tile, k_wide, v_wide, allowed, scale)
                 done = step if done is None else merge_partial(*done, *step)
-            out[:, :, tiles], lse[:, :, tiles] = done
+            out[:, :, rows], lse[:, :, rows] = done
             continue
         acc = torch.zeros(B, H, M, b_q, d_v, dtype=dtype, device=q.device)  # (B, H, M, b_q, d_v)
         row_sum = torch.zeros(B, H, M, b_q, 1, dtype=dtype, device=q.device)  # (B, H, M, b_q, 1)
@@ -264,8 +275,8 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
         for k_wide, v_wide, allowed in wide_tiles:
             row_max = _fold_in_(q_tile, k_wide, v_wide, allowed, acc, row_sum, row_max)  # Alg. 1 lines 8-10
         # Alg. 1 lines 12-13: divide once; a row that saw no key keeps acc = 0, l = 0 -> 0, lse = -inf
-        out[:, :, tiles] = acc / torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum))
-        lse[:, :, tiles] = (row_max + torch.log(row_sum)).squeeze(-1)  # (B, H, M, b_q)
+        out[:, :, rows] = acc / torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum))
+        lse[:, :, rows] = (row_max + torch.log(row_sum)).squeeze(-1)  # (B, H, M, b_q)
     out = out.flatten(2, 3)[:, :, :N_q].to(q.dtype)  # (B, H, N_q, d_v)
     return out, lse.flatten(2, 3)[:, :, :N_q].contiguous()  # (B, H, N_q)
 
