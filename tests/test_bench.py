@@ -147,8 +147,9 @@ _CHURN = """
 import ctypes, ctypes.util, resource, sys, torch
 from attnlib import bench
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
-libc.mallopt(bench.M_MMAP_THRESHOLD, 4 * 2**20)  # a churning state, as glibc's moving thresholds leave
-libc.mallopt(bench.M_TRIM_THRESHOLD, 8 * 2**20)  # some processes: freed heap above 8 MiB goes back
+# a churning state, as glibc's moving threshold leaves some processes: every block above 1 MiB
+# gets pages of its own, handed back when it is freed, so each call faults them in again
+libc.mallopt(bench.M_MMAP_THRESHOLD, 2**20)
 if sys.argv[1] == "steady":
     assert bench._steady_allocator()
 faults = []
@@ -163,9 +164,9 @@ print(min(faults[1:]))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_the_steady_allocator_lets_repeated_calls_reuse_their_pages():
-    """In the churning state glibc hands the 30 MiB freed by a call back to the system, so every
-    call faults its pages in again (Swin's slow mode in the module docstring); after
-    ``_steady_allocator`` the calls after the first fault none."""
+    """In the churning state glibc maps each 3 MiB block on its own and hands it back when freed, so
+    every call faults its 30 MiB in again (Swin's slow mode in the module docstring); after
+    ``_steady_allocator`` the calls after the first reuse the heap's pages and fault none."""
 
     def faults_per_call(mode):
         run = subprocess.run([sys.executable, "-c", _CHURN, mode], capture_output=True, text=True, check=True)
