@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from attnlib import bench  # noqa: E402
 from attnlib.optim.falcon import FalconConfig, FalconForCausalLM, KVCache, kv_cache_bytes  # noqa: E402
 
 # (name, new_decoder_architecture, num_kv_heads) for H = 8 query heads
@@ -76,6 +77,8 @@ def measure(
     """One configuration, in this process; ``clock`` is "wall" or "process" (CPU time, for one CPU thread)."""
     torch.set_num_threads(threads)
     device = torch.device(device)
+    if device.type == "cpu":
+        bench._steady_allocator()  # as attnlib.bench times: each call reuses the pages of the previous one
     if clock == "process" and (device.type != "cpu" or threads != 1):
         raise ValueError(f"clock='process' measures one CPU thread, got device {device.type}, threads={threads}")
     timer = time.process_time if clock == "process" else time.perf_counter

@@ -5,8 +5,9 @@
 # methods taking turns (the median is kept), so that a slow spell of this shared machine does not
 # decide a result. (A fresh process that ran 1.5x slower throughout was glibc's allocator handing
 # pages back after every call; attnlib.bench now fixes its thresholds before timing, since
-# 2026-11-30: the windows and block-sparse results are measured so, the older ones before; ring_cpu
-# measures memory above all and maps every large block on its own instead.)
+# 2026-11-30: every result this script and run_cpu.sh write is measured so (falcon_decode and
+# block_sparse_cpu call it in their own timing workers), except ring_cpu, which
+# measures memory above all and maps every large block on its own instead; quality has no timing.)
 # Run it on an otherwise idle machine (about an hour on 2 cores).
 # Ctrl-C and rerun resumes the attnlib.bench runs; --restart (passed through) measures them again.
 #   01 Swin, 02 MaxViT:      one attention layer, C=96, 3 heads (Swin-T stage 1), sides 28 .. 168
