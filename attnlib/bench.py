@@ -15,7 +15,7 @@ How (see FACTS.md of the project):
   and probabilities). On a GPU: ``torch.cuda.max_memory_allocated`` minus the
   memory held before the call.
 * **a steady C allocator while timing (CPU)**: after the memory measurement the worker fixes
-  glibc's thresholds (:func:`_steady_allocator`). By default glibc serves a large block with a
+  glibc's thresholds (:func:`steady_allocator`). By default glibc serves a large block with a
   fresh ``mmap`` once the block is above a threshold that it moves as the process frees memory,
   so the same code ran in two speeds in different fresh processes: Swin's window layer at
   112 x 112 took 35 ms in some and 50 ms in others, where every call paid ~7,100 page faults.
@@ -109,7 +109,7 @@ def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, 
     return statistics.median(times)
 
 
-def _status_bytes(field: str) -> int:
+def status_bytes(field: str) -> int:
     """A memory field of /proc/self/status (VmRSS, VmHWM), in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
@@ -144,11 +144,11 @@ def peak_memory_bytes(fn: Callable[[], object], device="cpu") -> int:
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
     if _reset_peak_rss():
-        before = _status_bytes("VmRSS")
+        before = status_bytes("VmRSS")
         fn()
-        peak = _status_bytes("VmHWM")
+        peak = status_bytes("VmHWM")
     else:
-        before = _status_bytes("VmRSS")
+        before = status_bytes("VmRSS")
         fn()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return max(0, peak - before)
@@ -164,14 +164,19 @@ WARMUP_TOKENS = 1024  # the short input of the warm-up call before the memory me
 WARMUP_SIDE = 28  # the small map of the warm-up call of a vision mixer
 
 
-def _release_free_memory() -> None:
+def _libc_function(name: str):
+    """The C library's function ``name`` (glibc's ``malloc_trim``, ``mallopt``), or None where there is none."""
+    libc_name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc_name), name, None) if libc_name else None
+
+
+def release_free_memory() -> None:
     """Hand the memory that the C allocator holds free back to the system (glibc's ``malloc_trim``).
 
     So that the measured call pays for every page it touches instead of reusing pages an
     earlier call left behind. A no-op where the C library has no ``malloc_trim``.
     """
-    libc_name = ctypes.util.find_library("c")
-    malloc_trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None) if libc_name else None
+    malloc_trim = _libc_function("malloc_trim")
     if malloc_trim is not None:
         malloc_trim(0)
 
@@ -181,18 +186,24 @@ STEADY_MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed value on 64-bit ma
 STEADY_TRIM_THRESHOLD = 1 * 2**30  # keep up to 1 GiB of freed heap for the next call
 
 
-def _steady_allocator() -> bool:
+def set_malloc_option(parameter: int, value: int) -> bool:
+    """glibc's ``mallopt(parameter, value)``; False where it failed or there is no ``mallopt``.
+
+    Setting a threshold turns off glibc's dynamic adjustment of it, whose state depends on the
+    history of the process (see the module docstring).
+    """
+    mallopt = _libc_function("mallopt")
+    return mallopt is not None and bool(mallopt(parameter, value))
+
+
+def steady_allocator() -> bool:
     """Fix glibc's mmap and trim thresholds so that repeated calls reuse their pages; False if no glibc.
 
-    Setting them turns off glibc's dynamic adjustment, whose state depends on the history of the
-    process (see the module docstring). Called after the memory measurement, before the timing.
+    Called after the memory measurement, before the timing (and by the benchmark scripts that time
+    in their own workers).
     """
-    libc_name = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
-    if mallopt is None:
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)
+    return set_malloc_option(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) and set_malloc_option(
+        M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD
     )
 
 
@@ -243,10 +254,10 @@ def _measure_here(config: dict) -> dict:
     warmup_call, measured_call = no_grad(warmup_call), no_grad(measured_call)
     # Warm-up on a short input: one-time setup (thread pools, BLAS buffers) is not the method's memory.
     warmup_call()
-    _release_free_memory()
+    release_free_memory()
     peak = peak_memory_bytes(measured_call, device)  # the memory measurement
     if device.type == "cpu":
-        _steady_allocator()  # the timing: every call reuses the pages of the previous one
+        steady_allocator()  # the timing: every call reuses the pages of the previous one
     seconds = median_time(measured_call, repeats=config["repeats"], warmup=config["warmup"], device=device)
     return {"median_s": seconds, "peak_mib": peak / 2**20, "status": "ok", "error": ""}
 

@@ -44,7 +44,7 @@ def _worker(config: dict) -> dict:
     from attnlib.optim.block_sparse import block_sparse_attention
 
     torch.set_num_threads(2)
-    bench._steady_allocator()  # as attnlib.bench times: calls reuse their pages (no memory is measured here)
+    bench.steady_allocator()  # as attnlib.bench times: calls reuse their pages (no memory is measured here)
     N, r = config["N"], config["random_blocks"]
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, N, D, generator=gen) for _ in range(3))  # (B, H, N, d) each

@@ -78,7 +78,7 @@ def measure(
     torch.set_num_threads(threads)
     device = torch.device(device)
     if device.type == "cpu":
-        bench._steady_allocator()  # as attnlib.bench times: each call reuses the pages of the previous one
+        bench.steady_allocator()  # as attnlib.bench times: each call reuses the pages of the previous one
     if clock == "process" and (device.type != "cpu" or threads != 1):
         raise ValueError(f"clock='process' measures one CPU thread, got device {device.type}, threads={threads}")
     timer = time.process_time if clock == "process" else time.perf_counter

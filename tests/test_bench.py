@@ -151,7 +151,7 @@ libc = ctypes.CDLL(ctypes.util.find_library("c"))
 # gets pages of its own, handed back when it is freed, so each call faults them in again
 libc.mallopt(bench.M_MMAP_THRESHOLD, 2**20)
 if sys.argv[1] == "steady":
-    assert bench._steady_allocator()
+    assert bench.steady_allocator()
 faults = []
 for _ in range(4):  # one "call": ten 3 MiB blocks on the heap, touched, then all freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -166,7 +166,7 @@ print(min(faults[1:]))
 def test_the_steady_allocator_lets_repeated_calls_reuse_their_pages():
     """In the churning state glibc maps each 3 MiB block on its own and hands it back when freed, so
     every call faults its 30 MiB in again (Swin's slow mode in the module docstring); after
-    ``_steady_allocator`` the calls after the first reuse the heap's pages and fault none."""
+    ``steady_allocator`` the calls after the first reuse the heap's pages and fault none."""
 
     def faults_per_call(mode):
         run = subprocess.run([sys.executable, "-c", _CHURN, mode], capture_output=True, text=True, check=True)

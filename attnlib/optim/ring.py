@@ -1022,52 +1022,21 @@ def compare_with_reference(cases, world_size: int, *, timeout: float = 120.0) ->
     return report
 
 
-def _rss_bytes(field_name: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _map_large_allocations_directly() -> None:
-    """Ask glibc to give every allocation above 64 KiB its own mapping (``mallopt(M_MMAP_THRESHOLD)``).
-
-    By default glibc raises that threshold as large blocks are freed and then keeps freed tensors
-    in its heap, so the resident set would follow the allocator's reuse pattern more than the
-    tensors alive. A no-op where the C library has no ``mallopt``.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
-    if mallopt is not None:
-        mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD = -3 in malloc.h
-
-
-def _release_free_memory() -> None:
-    """Hand the C allocator's free memory back to the system (glibc ``malloc_trim``; a no-op elsewhere)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    malloc_trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    if malloc_trim is not None:
-        malloc_trim(0)
-
-
 def measure_worker(rank: int, world_size: int, config: dict) -> dict:
     """One rank of a measurement: peak memory and time of a causal forward + backward.
 
     ``config``: ``N`` (whole sequence), ``B``, ``H``, ``d``, ``layout``, ``repeats``, ``prefetch``. Memory is
     measured on the second step, as in a training loop: the first step at full size pays one-time
     allocations (thread pools, BLAS and gloo buffers). Large allocations get their own mappings
-    (:func:`_map_large_allocations_directly`), so freed tensors leave the resident set. Before the
+    (glibc's mmap threshold at 64 KiB), so freed tensors leave the resident set. Before the
     second step the resident-set high-water mark is reset (Linux); the peak above the resident set
     then counts this rank's shards, the ring's buffers, the gradients and the tiles.
     """
-    _map_large_allocations_directly()
+    from .. import bench
+
+    # By default glibc raises its mmap threshold as large blocks are freed and keeps freed tensors in
+    # its heap, so the resident set would follow its reuse pattern more than the tensors alive.
+    bench.set_malloc_option(bench.M_MMAP_THRESHOLD, 64 * 1024)
     N, B, H, d = config["N"], config["B"], config["H"], config["d"]
     layout = config.get("layout", "zigzag")
     prefetch = config.get("prefetch", True)
@@ -1082,13 +1051,13 @@ def measure_worker(rank: int, world_size: int, config: dict) -> dict:
         ring_attention(q, k, v, causal=True, layout=layout, stats=stats, prefetch=prefetch).backward(dout)
 
     step(*inputs())  # the first step
-    _release_free_memory()  # so that the measured step pays for every page it touches
+    bench.release_free_memory()  # so that the measured step pays for every page it touches
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
     except OSError:
         pass
-    before = _rss_bytes("VmRSS")
+    before = bench.status_bytes("VmRSS")
     q, k, v, dout = inputs()
     times, waits = [], []
     for repeat in range(config.get("repeats", 1)):  # the first repeat is the measured step
@@ -1099,7 +1068,7 @@ def measure_worker(rank: int, world_size: int, config: dict) -> dict:
         times.append(time.perf_counter() - tick)
         waits.append(stats.forward_wait_s + stats.backward_wait_s)
         if repeat == 0:
-            peak = _rss_bytes("VmHWM") - before
+            peak = bench.status_bytes("VmHWM") - before
     best = min(range(len(times)), key=lambda i: times[i])
     return {"peak_bytes": peak, "seconds": times[best], "wait_seconds": waits[best], "bytes_sent": stats.bytes_sent}
 
