@@ -5,10 +5,11 @@ How (see FACTS.md of the project):
 * **time**: the median of ``repeats`` calls after ``warmup`` calls; on a GPU each
   call is synchronized. On the shared CPUs only ratios measured in the same run
   mean something; absolute times are quoted only from a GPU.
-* **peak memory on CPU**: each configuration runs in a *fresh process*; it builds
-  its inputs, calls the method once on a short input (the first call of a process
-  also sets up thread pools and BLAS buffers, about 10 MB that belong to no
-  method), hands the memory that call freed back to the system, resets the
+* **peak memory on CPU**: each configuration runs in a *fresh process* (forked from a
+  server process that has imported torch and run nothing: the ~3 s import is paid once,
+  not once per configuration); it builds its inputs, calls the method once on a short
+  input (the first call of a process also sets up thread pools and BLAS buffers, about
+  10 MB that belong to no method), hands the memory that call freed back to the system, resets the
   kernel's high-water mark of the resident set, reads the current resident set
   size, calls the method once, and reports the high-water mark minus that.
   Dense attention then reads exactly its two ``N x N`` float32 buffers (scores
@@ -50,6 +51,7 @@ Chapter: "Introduction" (chapters/*/00_introduction.ipynb).
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import ctypes
 import ctypes.util
@@ -59,6 +61,8 @@ import math
 import os
 import platform
 import resource
+import select
+import signal
 import statistics
 import subprocess
 import sys
@@ -356,19 +360,113 @@ def _measure_config(config: dict, *, timeout: float, max_bytes: int | None) -> d
             error=f"estimated {need / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB allowed",
         )
         return row
+    if hasattr(os, "fork"):
+        result = _measure_in_forked_process(config, timeout)
+    else:  # no fork (Windows): a new interpreter for each configuration
+        result = _measure_in_new_interpreter(config, timeout)
+    row.update(result)
+    return row
+
+
+def _error_result(message: str) -> dict:
+    return {"median_s": math.nan, "peak_mib": math.nan, "status": "error", "error": message}
+
+
+# The fork server. A new interpreter per configuration spent ~3 s of each measurement importing
+# torch. Instead one server process imports torch once and never runs an operation (so it has
+# no thread pools and no CUDA context to pass on); for each configuration it forks a child, and
+# the child, a new process with its own heap, resident set, thread pools and allocator settings,
+# measures and exits. The server runs in its own session, so that Ctrl-C reaches only the caller,
+# which then stops the server and the child with it.
+_FORK_SERVER: subprocess.Popen | None = None
+
+
+def _start_fork_server() -> subprocess.Popen:
+    global _FORK_SERVER
+    if _FORK_SERVER is None or _FORK_SERVER.poll() is not None:
+        command = [sys.executable, "-m", "attnlib.bench", "_fork_server"]
+        _FORK_SERVER = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+    return _FORK_SERVER
+
+
+def stop_fork_server() -> None:
+    """Stop the fork server and any measurement running in it (also done at exit)."""
+    global _FORK_SERVER
+    if _FORK_SERVER is not None:
+        try:
+            os.killpg(_FORK_SERVER.pid, signal.SIGKILL)  # the server and its child share a process group
+        except ProcessLookupError:
+            pass
+        _FORK_SERVER.wait()
+        _FORK_SERVER.stdin.close()
+        _FORK_SERVER.stdout.close()
+        _FORK_SERVER = None
+
+
+atexit.register(stop_fork_server)
+
+
+def _measure_in_forked_process(config: dict, timeout: float) -> dict:
+    """Send one configuration to the fork server, wait up to ``timeout`` seconds for its result."""
+    server = _start_fork_server()
+    try:
+        server.stdin.write(json.dumps(config).encode() + b"\n")
+        server.stdin.flush()
+        ready, _, _ = select.select([server.stdout], [], [], timeout)
+        line = server.stdout.readline() if ready else b""
+    except BaseException:  # Ctrl-C: the child would go on measuring and leave its answer in the pipe
+        stop_fork_server()
+        raise
+    if not ready:
+        stop_fork_server()
+        return _error_result(f"timeout after {timeout} s")
+    if not line:
+        stop_fork_server()
+        return _error_result("the fork server stopped")
+    return json.loads(line)
+
+
+def _serve_forks() -> None:
+    """The fork server's loop: a JSON configuration per line in, a JSON result per line out."""
+    for line in sys.stdin.buffer:
+        config = json.loads(line)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one measurement in a process of its own
+            os.close(read_end)
+            os.dup2(2, 1)  # whatever the method prints must not reach the server's answers
+            try:
+                result = _measure_here(config)
+            except Exception as error:
+                result = _error_result(f"{type(error).__name__}: {error}")
+            with os.fdopen(write_end, "w") as pipe:
+                pipe.write(json.dumps(result))
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            answer = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        if not answer:  # killed (out of memory) or crashed before it could answer
+            if os.WIFSIGNALED(status):
+                how = f"killed by signal {os.WTERMSIG(status)}"
+            else:
+                how = f"exit code {os.waitstatus_to_exitcode(status)}"
+            answer = json.dumps(_error_result(f"the measuring process died ({how})"))
+        sys.stdout.write(answer + "\n")
+        sys.stdout.flush()
+
+
+def _measure_in_new_interpreter(config: dict, timeout: float) -> dict:
     command = [sys.executable, "-m", "attnlib.bench", "_worker", json.dumps(config)]
     try:
         completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        result = {"median_s": math.nan, "peak_mib": math.nan, "status": "error", "error": f"timeout after {timeout} s"}
-    else:
-        if completed.returncode != 0:
-            last_line = (completed.stderr.strip().splitlines() or [f"exit code {completed.returncode}"])[-1]
-            result = {"median_s": math.nan, "peak_mib": math.nan, "status": "error", "error": last_line}
-        else:
-            result = json.loads(completed.stdout.strip().splitlines()[-1])
-    row.update(result)
-    return row
+        return _error_result(f"timeout after {timeout} s")
+    if completed.returncode != 0:
+        return _error_result((completed.stderr.strip().splitlines() or [f"exit code {completed.returncode}"])[-1])
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def _key(row: dict) -> tuple:
@@ -655,6 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot_parser.add_argument("--out", required=True)
     worker = commands.add_parser("_worker")
     worker.add_argument("config")
+    commands.add_parser("_fork_server")
     return parser
 
 
@@ -665,6 +764,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "_worker":
         print(json.dumps(_measure_here(json.loads(args.config))))
+        return 0
+    if args.command == "_fork_server":
+        _serve_forks()
         return 0
     if args.command == "plot":
         plot(read_results(args.csv), out=args.out)

@@ -98,10 +98,59 @@ def _rows_in(path: Path) -> list[dict]:
     return bench.read_results(path) if path.exists() else []
 
 
+def _fork_server_pids() -> set[int]:
+    """Process ids of every running ``attnlib.bench`` fork server (Linux: read from /proc)."""
+    pids = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"_fork_server" in cmdline.read_bytes():
+                pids.add(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            pass
+    return pids
+
+
+def _process_group_exists(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the fork server needs fork")
+def test_a_timeout_stops_the_measuring_process_and_the_next_configuration_runs():
+    assert bench.measure_in_fresh_process("sdpa", 64, repeats=1)["status"] == "ok"  # the server is up
+    server = bench._FORK_SERVER
+    stuck = bench.measure_in_fresh_process("dense", 4096, repeats=1000, timeout=2)  # minutes of work
+    assert stuck["status"] == "error" and stuck["error"] == "timeout after 2 s"
+    assert server.poll() is not None
+    deadline = time.monotonic() + 10  # the killed child is gone once the system has reaped it
+    while _process_group_exists(server.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _process_group_exists(server.pid)  # the child measuring in the server is gone too
+    row = bench.measure_in_fresh_process("sdpa", 64, repeats=1)  # measured by a new server
+    assert row["status"] == "ok", row["error"]
+    assert bench._FORK_SERVER is not server
+
+
+def test_a_new_interpreter_measures_the_same_as_a_forked_process():
+    # Where there is no fork (Windows) every configuration starts a new Python; both give a full row.
+    config = bench._config("dense", 1024, repeats=1)
+    fresh = bench._measure_in_new_interpreter(config, timeout=300)
+    assert fresh["status"] == "ok", fresh["error"]
+    if hasattr(os, "fork"):
+        forked = bench._measure_in_forked_process(config, timeout=300)
+        expected = 2 * 4 * 1024**2 * 4 / 2**20  # dense: two N x N float32 buffers per head
+        for row in (fresh, forked):
+            assert abs(row["peak_mib"] - expected) < 0.1 * expected, row
+
+
 def test_an_interrupted_run_resumes_without_losing_or_duplicating_rows(tmp_path):
     out = tmp_path / "r.csv"
-    command = [sys.executable, "-m", "attnlib.bench", "run", "--methods", "sdpa", "--sizes", "64,128,256,512",
-               "--repeats", "1", "--out", str(out)]  # fmt: skip
+    command = [sys.executable, "-m", "attnlib.bench", "run", "--methods", "sdpa", "--sizes", "64,128,256,512,2048,4096",
+               "--repeats", "3", "--out", str(out)]  # fmt: skip
+    servers_before = _fork_server_pids()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while len(_rows_in(out)) < 1 and time.monotonic() < deadline and process.poll() is None:
@@ -111,13 +160,14 @@ def test_an_interrupted_run_resumes_without_losing_or_duplicating_rows(tmp_path)
     before = _rows_in(out)
     assert process.returncode == 130, stderr
     assert "run the same command again to resume" in stderr
-    assert 1 <= len(before) < 4  # stopped part-way, with every finished row on disk and well-formed
+    assert 1 <= len(before) < 6  # stopped part-way, with every finished row on disk and well-formed
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+    assert _fork_server_pids() <= servers_before  # the run stopped its fork server (and the measurement in it)
 
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     after = bench.read_results(out)
-    assert [row["N"] for row in after] == [64, 128, 256, 512]  # each size once, in order
+    assert [row["N"] for row in after] == [64, 128, 256, 512, 2048, 4096]  # each size once, in order
     assert after[: len(before)] == before  # the finished rows were kept, not measured again
     assert os.path.getsize(out) > 0
 
