@@ -8,6 +8,7 @@ test builds them for sm75/sm80/sm90 in a process without the interpreter.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -444,3 +445,50 @@ def test_dense_rows_through_the_view_path_match_reference():
     attention(q, k, v).sum().backward()
     for got, want in zip(grads, (q.grad, k.grad, v.grad)):
         torch.testing.assert_close(got, want, **TOL)
+
+
+def _gpu_benchmark_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("block_sparse_gpu", REPO / "benchmarks" / "block_sparse_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_script_runs_end_to_end_on_cpu(tmp_path, capsys):
+    # The GPU script's code path, in Triton's interpreter: checks, timing loop, the CSV it writes.
+    if ft is None:
+        pytest.skip("triton is not installed")
+    gpu_benchmark = _gpu_benchmark_module()
+    assert gpu_benchmark.main(["--smoke", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert [line.split(":")[1].split()[0] for line in printed.splitlines() if line.startswith("check")] == ["ok"] * 3
+    with open(tmp_path / gpu_benchmark.CSV_NAME) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["pattern"], row["method"]) for row in rows] == [
+        (pattern, method) for pattern in ("causal", "sliding", "bigbird") for method in ("triton", "flex_compiled")
+    ]
+    assert list(rows[0]) == list(gpu_benchmark.CSV_COLUMNS)
+    for row in rows:
+        assert float(row["forward_ms"]) > 0 and 0 < float(row["visited"]) <= 1
+        # FlexAttention refuses the backward on a CPU; the Triton kernels' backward ran and was timed
+        assert (row["backward_ms"] == "nan") == (row["method"] == "flex_compiled")
+
+
+def test_gpu_benchmark_does_not_time_a_pattern_that_fails_its_check(tmp_path, monkeypatch, capsys):
+    if ft is None:
+        pytest.skip("triton is not installed")
+    gpu_benchmark = _gpu_benchmark_module()
+    methods = gpu_benchmark.methods
+
+    def off_by_one_percent(*args):
+        calls = methods(*args)
+        triton = calls["triton"]
+        return {**calls, "triton": lambda q, k, v: 1.01 * triton(q, k, v)}
+
+    monkeypatch.setattr(gpu_benchmark, "methods", off_by_one_percent)
+    monkeypatch.setattr(gpu_benchmark, "PATTERNS", ("causal",))
+    assert gpu_benchmark.main(["--smoke", "--out", str(tmp_path)]) == 1
+    assert "check causal   at N = 128: FAILED" in capsys.readouterr().out
+    assert not (tmp_path / gpu_benchmark.CSV_NAME).exists()  # nothing was timed
