@@ -360,9 +360,9 @@ def _measure_config(config: dict, *, timeout: float, max_bytes: int | None) -> d
             error=f"estimated {need / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB allowed",
         )
         return row
-    if hasattr(os, "fork"):
+    if sys.platform == "linux":
         result = _measure_in_forked_process(config, timeout)
-    else:  # no fork (Windows): a new interpreter for each configuration
+    else:  # no fork (Windows), or a fork after importing torch may be unsafe (macOS): a new interpreter
         result = _measure_in_new_interpreter(config, timeout)
     row.update(result)
     return row
