@@ -122,7 +122,7 @@ def status_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     """Reset the kernel's resident-set high-water mark (Linux >= 4.0); False if not possible."""
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
@@ -147,7 +147,7 @@ def peak_memory_bytes(fn: Callable[[], object], device="cpu") -> int:
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    if _reset_peak_rss():
+    if reset_peak_rss():
         before = status_bytes("VmRSS")
         fn()
         peak = status_bytes("VmHWM")

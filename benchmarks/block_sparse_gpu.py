@@ -56,7 +56,6 @@ CSV_NAME = "gpu_block_sparse.csv"
 CSV_COLUMNS = ("date", "gpu", "pattern", "method", "N", "B", "H", "d", "block", "dtype", "visited",
                "forward_ms", "backward_ms")  # fmt: skip
 PATTERNS = ("causal", "sliding", "bigbird")
-TARGETS = {"forward": 0.9, "backward": 0.8}  # Triton's speed / FlexAttention's, at N >= 4K and d = 128
 
 
 def patterns(N: int, H: int, block: int, device) -> dict:
@@ -115,15 +114,15 @@ def max_errors(call, q, k, v, dout, ref_out, ref_grads, backward: bool) -> float
     return max(e.item() for e in errors)
 
 
-def check_pattern(name: str, N: int, H: int, d: int, block: int, dtype, device, flex) -> tuple[bool, str]:
-    """Both methods against the dense float64 reference at size N; Triton within twice Flex's error."""
+def check_pattern(mask: bmk.BlockMask, mask_mod, H: int, d: int, block: int, dtype, device, flex) -> tuple[bool, str]:
+    """Both methods against the dense float64 reference at the mask's size; Triton within twice Flex's error."""
+    N = mask.N_q
     gen = torch.Generator().manual_seed(1)
     q, k, v, dout = (torch.randn(1, H, N, d, generator=gen) for _ in range(4))  # (B, H, N, d)
-    mask, mask_mod = patterns(N, H, block, device)[name]
     dense_mask = mask.to("cpu").to_dense()  # (B or 1, H or 1, N, N) booleans, at the check size only
-    q32, k32, v32 = (x.double().requires_grad_() for x in (q, k, v))
-    ref_out = reference.attention(q32, k32, v32, mask=dense_mask)
-    ref_grads = torch.autograd.grad(ref_out, (q32, k32, v32), dout.double())
+    q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+    ref_out = reference.attention(q64, k64, v64, mask=dense_mask)
+    ref_grads = torch.autograd.grad(ref_out, (q64, k64, v64), dout.double())
     ref_out, ref_grads = ref_out.float().to(device), [g.float().to(device) for g in ref_grads]
     inputs = [x.to(device, dtype).requires_grad_() for x in (q, k, v)]
     errors = {
@@ -205,8 +204,9 @@ def main(argv=None) -> int:
     date = datetime.date.today().isoformat()
 
     failed = []
+    check_masks = patterns(check_size, H, block, device)
     for name in PATTERNS:
-        ok, detail = check_pattern(name, check_size, H, d, block, dtype, device, flex)
+        ok, detail = check_pattern(*check_masks[name], H, d, block, dtype, device, flex)
         print(f"check {name:8s} at N = {check_size}: {'ok' if ok else 'FAILED'} ({detail})", flush=True)
         if not ok:
             failed.append(name)
