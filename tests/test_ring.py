@@ -244,6 +244,31 @@ def test_errors_on_bad_arguments():
         ring.launch(print, 2, timeout=0)
 
 
+def test_unshard_refuses_parts_of_different_lengths():
+    # 4 and 6 tokens used to come back as 10 tokens, a sequence no shard() ever cut
+    parts = [torch.zeros(1, 2, 4, 3), torch.zeros(1, 2, 6, 3)]
+    for layout in ring.LAYOUTS:
+        with pytest.raises(ValueError, match=r"parts\[1\] has shape \(1, 2, 6, 3\).*parts\[0\] has \(1, 2, 4, 3\)"):
+            ring.unshard(parts, layout=layout)
+    with pytest.raises(ValueError, match="same shape"):
+        ring.unshard([torch.zeros(1, 2, 4, 3), torch.zeros(1, 2, 4, 5)], layout="plain")
+
+
+def test_simulated_ring_refuses_double_backward():
+    # The backward was @once_differentiable: with a loss linear in the output its gradient came back
+    # detached under create_graph=True, and every second-order term was silently missing.
+    q, k, v = (x.requires_grad_() for x in make_qkv(1, 2, 2, 16, 16, 4))
+    weights = torch.randn(1, 2, 16, 4)
+    out = ring.simulated_ring_attention(q, k, v, causal=True, world_size=2)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad((out * weights).sum(), q, create_graph=True)
+    # first-order gradients are unaffected
+    out = ring.simulated_ring_attention(q, k, v, causal=True, world_size=2)
+    (grad,) = torch.autograd.grad((out * weights).sum(), q)
+    (expected,) = torch.autograd.grad((attention(q, k, v, causal=True) * weights).sum(), q)
+    torch.testing.assert_close(grad, expected, atol=TOLERANCE, rtol=0)
+
+
 # ----------------------------------------------------------------------------
 # Process groups of 2, 3 and 4 gloo processes
 # ----------------------------------------------------------------------------
@@ -290,6 +315,14 @@ def _shape_errors_worker(rank, world_size):
     try:
         ring.ring_attention(q, k, v, prefetch="no")  # a string is truthy: refused, not taken as True
     except TypeError as error:
+        messages.append(str(error))
+    # double backward with a loss linear in the output: refused on every rank (it was silently detached)
+    q, k, v = (x.requires_grad_() for x in make_qkv(1, 2, 2, 8, 8, 4))
+    out = ring.ring_attention(q, k, v, causal=True, layout="plain")
+    try:
+        (grad,) = torch.autograd.grad((out * 2.0).sum(), q, create_graph=True)
+        messages.append(f"no error; the gradient requires grad: {grad.requires_grad}")
+    except RuntimeError as error:
         messages.append(str(error))
     return messages
 
@@ -367,10 +400,11 @@ def test_fully_masked_rows_are_zero_with_minus_inf_lse():
 def test_ranks_that_disagree_get_the_same_error():
     per_rank = ring.launch(_shape_errors_worker, 2, timeout=120)
     for messages in per_rank:
-        assert len(messages) == 3
+        assert len(messages) == 4
         assert "ranks disagree" in messages[0] and "rank 0: (1, 2, 8" in messages[0]
         assert "divisible by 2" in messages[1] and "zigzag" in messages[1]
         assert "prefetch must be a bool" in messages[2]
+        assert "ring_attention does not support double backward" in messages[3], messages[3]
     assert per_rank[0][0] == per_rank[1][0]
 
 

@@ -67,7 +67,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .._checks import check_flag, check_positive_int, check_qkv, check_tensor
+from .._checks import check_flag, check_positive_int, check_qkv, check_tensor, first_order_only
 from .flash import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, tiled_attention_backward, tiled_attention_forward
 
 __all__ = [
@@ -154,6 +154,11 @@ def unshard(parts, *, layout: str = "zigzag", dim: int = 2) -> torch.Tensor:
     by_index = {}
     for rank, part in enumerate(parts):
         check_tensor(f"parts[{rank}]", part, floating=False)
+        if part.shape != parts[0].shape:  # shard() cuts every rank's part to the same shape
+            raise ValueError(
+                f"every rank's part must have the same shape (shard() cuts N / P tokens for each rank): "
+                f"parts[{rank}] has shape {tuple(part.shape)}, parts[0] has {tuple(parts[0].shape)}"
+            )
         chunk = _check_divisible(f"parts[{rank}] length", part.shape[dim] * world_size, world_size, layout)
         for position, index in enumerate(chunks_of_rank(rank, world_size, layout)):
             by_index[index] = part.narrow(dim, position * chunk, chunk)
@@ -579,7 +584,7 @@ class RingAttentionFunction(torch.autograd.Function):
         return out_final, lse_final
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("ring_attention")
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
         causal, scale, layout, group, chosen, block_q, block_k, stats, prefetch = ctx.settings
@@ -697,10 +702,12 @@ def ring_attention(
     stats: RingStats | None = None,
     prefetch: bool = True,
 ):
-    """Exact attention over a sequence sharded across a process group; differentiable.
+    """Exact attention over a sequence sharded across a process group; differentiable (first order).
 
     Call it in every rank of ``group`` with that rank's shards (see :func:`shard`); each gets its
     own rows of the output. Equal to :func:`attnlib.reference.attention` on the whole sequence.
+    The backward computes first-order gradients only: ``create_graph=True`` (second-order
+    gradients, e.g. a gradient penalty) raises RuntimeError on every rank.
 
     Args:
         q: ``(B, H, n_q, d)``, this rank's queries; k: ``(B, H_kv, n_k, d)``; v: ``(B, H_kv, n_k, d_v)``.
@@ -768,7 +775,7 @@ class _SimulatedRing(torch.autograd.Function):
         return unshard(outs, layout=layout).to(q.dtype)  # (B, H, N_q, d_v)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("simulated_ring_attention")
     def backward(ctx, dout):
         causal, world_size, layout, local, c_q, c_k, offset, q_dtype, k_dtype = ctx.settings
         saved = ctx.saved_tensors
@@ -808,6 +815,7 @@ def simulated_ring_attention(
     Takes the *whole* sequence, ``q: (B, H, N_q, d)``, ``k: (B, H_kv, N_k, d)``, ``v: (B, H_kv, N_k, d_v)``
     (the signature of every attention kernel in the registry), shards it, runs the same blocks and
     merges as :func:`ring_attention` rank by rank, and returns ``(B, H, N_q, d_v)``. No process group.
+    First-order gradients only, as :func:`ring_attention`.
     """
     check_qkv(q, k, v)
     check_positive_int("world_size", world_size)
