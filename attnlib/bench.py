@@ -650,6 +650,10 @@ def fit_slope(sizes: Sequence[float], values: Sequence[float]) -> float:
     points = [(math.log(n), math.log(v)) for n, v in zip(sizes, values) if v > 0 and math.isfinite(v)]
     if len(points) < 2:
         raise ValueError(f"need at least two positive finite values to fit a slope, got {len(points)}")
+    if len({x for x, _ in points}) < 2:
+        raise ValueError(
+            f"need values at two different sizes to fit a slope, got one size, {math.exp(points[0][0]):.6g}"
+        )
     mean_x = sum(x for x, _ in points) / len(points)
     mean_y = sum(y for _, y in points) / len(points)
     covariance = sum((x - mean_x) * (y - mean_y) for x, y in points)

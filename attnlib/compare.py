@@ -60,31 +60,78 @@ def _ok_rows(rows: Sequence[dict]) -> list[dict]:
     return [row for row in rows if row.get("status", "ok") == "ok" and not row.get("error")]
 
 
+# What a row measured rather than how it was configured; "side" follows from N.
+NOT_CONFIGURATION = ("method", "N", "side", "median_s", "peak_mib", "status", "error")
+
+
+def _setting(row: dict) -> tuple:
+    """How a row was measured apart from its method and size: ``((field, value), ...)``, e.g. ``causal``, ``H``."""
+    return tuple(sorted((key, str(value)) for key, value in row.items() if key not in NOT_CONFIGURATION))
+
+
+def _refuse_mixed_settings(rows: Sequence[dict], group) -> None:
+    """Raise if the rows of one ``group(row)`` (a method, or a method at one size) hold several settings.
+
+    A resumed benchmark can hold, say, a causal and a non-causal run in one file; a table keyed by
+    method and N can show only one of them, so it asks for a selection instead of picking one.
+    """
+    settings: dict[object, dict[tuple, None]] = {}
+    for row in rows:
+        settings.setdefault(group(row), {})[_setting(row)] = None
+    for where, found in settings.items():
+        if len(found) < 2:
+            continue
+        values = [dict(setting) for setting in found]
+        differing = [
+            key for key in dict.fromkeys(k for v in values for k in v) if len({v.get(key) for v in values}) > 1
+        ]
+        described = "; ".join(f"{key} in {sorted({str(v.get(key)) for v in values})}" for key in differing)
+        key = differing[0]
+        raise ValueError(
+            f"rows must hold one configuration per method and size, but {where} has more than one configuration "
+            f"({described}): select one first, e.g. rows = [row for row in rows if str(row[{key!r}]) == "
+            f"{str(values[0].get(key))!r}]"
+        )
+
+
 def ratio_table(rows: Sequence[dict], *, baseline: str = "dense") -> dict[str, dict[int, tuple[float, float]]]:
     """``{method: {N: (speed, memory)}}`` relative to ``baseline`` at the same N, one run's rows.
 
-    A size where the baseline was not measured (skipped: it did not fit) has no entry.
+    Each row is compared with the baseline's row of the same configuration (heads, causal, dtype...:
+    every field but the method and the measurements). Rows in which one method at one N was
+    measured in more than one configuration are refused (``ValueError``): select one first (the
+    baseline itself may be in several, one for each configuration of the others).
+    A size where the baseline was not measured (skipped: it did not fit) has no entry; a speed
+    from a zero or missing time is NaN (printed as ``-`` by :func:`format_ratio`).
     """
+    compared = [row for row in rows if row["method"] != baseline]  # the baseline may be in several
+    _refuse_mixed_settings(compared, lambda row: f"{row['method']!r} at N={row['N']}")
     rows = _ok_rows(rows)
-    base = {row["N"]: row for row in rows if row["method"] == baseline}
+    base = {(row["N"], _setting(row)): row for row in rows if row["method"] == baseline}
     table: dict[str, dict[int, tuple[float, float]]] = {}
     for row in rows:
-        reference = base.get(row["N"])
+        reference = base.get((row["N"], _setting(row)))
         if reference is None or row["method"] == baseline:
             continue
-        speed = reference["median_s"] / row["median_s"]
+        times = (reference["median_s"], row["median_s"])
+        speed = times[0] / times[1] if all(t > 0 and math.isfinite(t) for t in times) else math.nan
         memory = row["peak_mib"] / reference["peak_mib"] if reference["peak_mib"] > 0 else math.nan
         table.setdefault(row["method"], {})[row["N"]] = (speed, memory)
     return table
 
 
 def slope_table(rows: Sequence[dict]) -> dict[str, tuple[float, float]]:
-    """``{method: (time slope, memory slope)}``: fitted exponents p in cost ~ N^p, over the measured sizes."""
+    """``{method: (time slope, memory slope)}``: fitted exponents p in cost ~ N^p, over the measured sizes.
+
+    A method needs at least two different sizes; rows holding one method in more than one
+    configuration are refused (``ValueError``): a slope across configurations means nothing.
+    """
+    _refuse_mixed_settings(rows, lambda row: repr(row["method"]))
     slopes = {}
     rows = _ok_rows(rows)
     for name in dict.fromkeys(row["method"] for row in rows):
         mine = sorted((row for row in rows if row["method"] == name), key=lambda row: row["N"])
-        if len(mine) >= 2:
+        if len({row["N"] for row in mine}) >= 2:
             sizes = [row["N"] for row in mine]
             slopes[name] = (
                 bench.fit_slope(sizes, [row["median_s"] for row in mine]),

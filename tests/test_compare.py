@@ -72,3 +72,45 @@ def test_format_ratio():
     ]
     with pytest.raises(ValueError, match="quantity"):
         compare.interactive_cost_figure([], div_id="x", quantity="speed")
+
+
+def with_setting(rows, **setting):
+    return [dict(row, **setting) for row in rows]
+
+
+def test_rows_of_two_configurations_are_paired_by_the_whole_configuration():
+    """A resumed run can hold a causal and a non-causal run in one file: neither may hide the other."""
+    plain = with_setting(rows_for([("dense", 1e-9, 2.0, 0.01), ("flash", 0.5e-9, 2.0, 0.001)]), causal=False)
+    causal = with_setting(rows_for([("dense", 1e-9, 2.0, 0.01), ("flash", 3e-9, 2.0, 0.001)]), causal=True)
+    assert compare.ratio_table(plain)["flash"][1024][0] == pytest.approx(2.0)
+    assert compare.ratio_table(causal)["flash"][1024][0] == pytest.approx(1 / 3)
+    for table in (compare.ratio_table, compare.slope_table):
+        with pytest.raises(ValueError, match=r"more than one configuration.*causal"):
+            table(plain + causal)
+    # each method in one configuration, the baseline in two: each row meets the baseline of its own
+    pvt = with_setting(rows_for([("dense", 1e-9, 2.0, 0.01), ("pvt", 1e-9, 1.0, 0.001)]), H=1, d=64)
+    dat = with_setting(rows_for([("dense", 4e-9, 2.0, 0.02), ("dat", 1e-9, 1.0, 0.001)]), H=2, d=32)
+    table = compare.ratio_table(pvt + dat)
+    assert table["pvt"][2048][0] == pytest.approx(2048)
+    assert table["dat"][2048][0] == pytest.approx(4 * 2048)
+    assert table["dat"][2048][1] == pytest.approx(0.05)
+
+
+def test_one_size_measured_twice_refused_not_divided_by_zero():
+    rows = [dict(row, causal=causal) for row in rows_for([("flash", 1e-9, 2.0, 0.01)], sizes=(1024,))
+            for causal in (False, True)]  # fmt: skip
+    with pytest.raises(ValueError, match="more than one configuration"):
+        compare.slope_table(rows)
+    with pytest.raises(ValueError, match="two different sizes"):
+        bench.fit_slope([1024, 1024], [1.0, 2.0])
+
+
+def test_a_zero_time_gives_no_ratio_instead_of_dividing_by_zero():
+    rows = rows_for([("dense", 1e-9, 2.0, 0.01), ("fast", 1e-6, 1.0, 0.002), ("odd", 1e-6, 1.0, 0.002)])
+    rows = [dict(row, median_s=0.0) if row["method"] == "fast" or (row["method"] == "dense" and row["N"] == 4096)
+            else row for row in rows]  # fmt: skip
+    table = compare.ratio_table(rows)
+    assert all(math.isnan(speed) for speed, _ in table["fast"].values())
+    assert math.isnan(table["odd"][4096][0])  # a zero baseline time gives no ratio, not 0x
+    assert table["odd"][1024][0] == pytest.approx(1e-9 * 1024**2 / (1e-6 * 1024))
+    assert compare.format_ratio(table["fast"][1024][0]) == "-"
