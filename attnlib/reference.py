@@ -173,8 +173,9 @@ def sdpa_attention(q, k, v, *, mask=None, causal=False, scale=None):
     # SDPA's CPU kernels disagree on a query row holding NaN or infinity (zeros for short
     # sequences, NaN for longer ones); attention() gives NaN there. So NaN here too. The sum of q
     # is finite unless such a row exists (or, rarely, a half-precision sum overflows): only then
-    # are the rows checked one by one, and the output copied.
-    if not torch.isfinite(q.sum()):
+    # are the rows checked one by one, and the output copied. A meta tensor has no values to check
+    # (it only carries shapes): its output is the shape SDPA gives.
+    if q.device.type != "meta" and not torch.isfinite(q.sum()):
         bad_query = ~torch.isfinite(q).all(dim=-1, keepdim=True)  # (B, H, N_q, 1)
         out = out.masked_fill(bad_query, float("nan"))  # (B, H, N_q, d_v)
     return out

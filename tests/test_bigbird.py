@@ -415,6 +415,19 @@ def test_bad_input_raises_clear_errors(changes, error, match):
         _call(**changes)
 
 
+@pytest.mark.parametrize("N", [64, 60])  # a multiple of the block size (the mask-free interior rows), and not
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("fused", [True, False])
+def test_meta_tensors_give_the_output_shape(N, causal, fused):
+    # Without causal or padding, deciding which middle rows need a mask read the (meta) block table:
+    # Tensor.item() cannot be called on meta tensors.
+    q = torch.empty(2, 4, N, 8, device="meta")
+    k = torch.empty(2, 2, N, 8, device="meta")
+    v = torch.empty(2, 2, N, 5, device="meta")
+    out = bigbird_attention(q, k, v, block_size=8, num_random_blocks=2, causal=causal, fused=fused)
+    assert out.device.type == "meta" and out.shape == (2, 4, N, 5) and out.dtype == q.dtype
+
+
 def test_bad_pattern_and_table_arguments():
     with pytest.raises(ValueError, match="N must be a positive int, got 0"):
         bigbird_pattern(0, block_size=8)

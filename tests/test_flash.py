@@ -449,6 +449,17 @@ def test_bad_tensors_are_rejected(change, error, match):
             fn(q, k, v)
 
 
+def test_the_autograd_function_checks_its_inputs_first():
+    # FlashAttentionFunction.apply resolved the scale 1 / sqrt(d) before any check: d = 0 raised ZeroDivisionError
+    q, k, v = (torch.randn(1, 1, 4, 0), torch.randn(1, 1, 4, 0), torch.randn(1, 1, 4, 3))
+    with pytest.raises(ValueError, match=r"the head dimension must be at least 1, got d=0"):
+        FlashAttentionFunction.apply(q, k, v)
+    q, k, v = small_qkv()
+    with pytest.raises(TypeError, match=r"causal must be a bool, got str"):
+        FlashAttentionFunction.apply(q, k, v, "no")  # a string is truthy: refused, not taken as True
+    torch.testing.assert_close(FlashAttentionFunction.apply(q, k, v, True), attention(q, k, v, causal=True))
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [

@@ -173,6 +173,19 @@ def test_bad_input_on_meta_device():
         attention(q4, k2.to("meta"), k2)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kernel", [attention, sdpa_attention])
+def test_meta_tensors_give_the_output_shape(kernel, causal):
+    # sdpa_attention failed inside Tensor.item() (its check for non-finite queries reads values)
+    q = torch.empty(2, 4, 5, 8, device="meta")
+    k = torch.empty(2, 2, 7, 8, device="meta")
+    v = torch.empty(2, 2, 7, 3, device="meta")
+    mask = torch.ones(5, 7, dtype=torch.bool, device="meta")
+    for options in ({}, {"mask": mask}):
+        out = kernel(q, k, v, causal=causal, **options)
+        assert out.device.type == "meta" and out.shape == (2, 4, 5, 3) and out.dtype == q.dtype
+
+
 def test_module_bad_input():
     with pytest.raises(ValueError, match="dim must be divisible by num_heads"):
         MultiHeadSelfAttention(10, 3)

@@ -525,6 +525,8 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal=False, scale=None, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K):
+        check_qkv(q, k, v)  # before 1 / sqrt(d): called directly, this is the first check
+        check_flag("causal", causal)
         scale = _resolve_scale(scale, q.shape[-1])
         out, lse = tiled_attention_forward(q, k, v, causal=causal, scale=scale, block_q=block_q, block_k=block_k)
         ctx.save_for_backward(q, k, v, out, lse)

@@ -62,16 +62,24 @@ The algorithm (App. D, "gather, don't mask")
 
 Random blocks
 -------------
-As in the official implementation (``bigbird_block_rand_mask`` /
-``_get_single_block_row_attention``), row ``i`` draws its ``r`` random blocks
-**without replacement** from the middle blocks that are neither global nor in
-its window: ``{1, ..., nb-2} \\ {i-1, i, i+1}``. The draw uses a
-``torch.Generator`` (or ``seed``), so it is reproducible; each **head draws
-its own blocks** (the table is ``(H, nb-2, r)``), as the official
-implementation does. :func:`bigbird_random_blocks` returns the table so that
-the kernel, the pattern and the figure can share one draw. (The official
-per-head sampler also never gives row 1 the block ``nb-2``, nor row ``nb-2``
-the block 1; we do not copy that special case: one rule for every row.)
+Row ``i`` draws its ``r`` random blocks **without replacement** from the
+middle blocks that are neither global nor in its window:
+``{1, ..., nb-2} \\ {i-1, i, i+1}``, as the official per-head sampler
+(``_get_single_block_row_attention``) does. The official single-table sampler
+``bigbird_block_rand_mask`` follows the same rule except in its last two
+middle rows (``i = nb-3`` and ``nb-2``), which draw from *all* middle blocks
+(its own comments: "Missing -3: should have been sliced till last-3", and
+"-4" likewise), so there a random block can repeat a window block; we use one
+rule for every row. The draw uses a ``torch.Generator`` (or ``seed``), so it
+is reproducible; each **head draws its own blocks** (the table is
+``(H, nb-2, r)``), as the official per-head sampler does.
+:func:`bigbird_random_blocks` returns the table so that the kernel, the
+pattern and the figure can share one draw. (The official per-head sampler
+also never gives row 1 the block ``nb-2``, nor row ``nb-2`` the block 1; we do
+not copy that special case.) Hugging Face's port draws only in training
+mode: in eval mode its random-block table is all zeros, so every random slot
+holds block 0, a global block, and no random block is attended. Here the
+table is drawn the same way in training and in evaluation.
 
 Causal variant (our definition: the paper uses BigBird in encoders)
 -------------------------------------------------------------------
@@ -543,7 +551,7 @@ def bigbird_attention(
     scale = resolve_scale(scale, 1.0 / math.sqrt(d))
     num_blocks = _num_blocks(N, block_size, num_random_blocks)
     random_blocks = _resolve_random_blocks(num_blocks, num_random_blocks, H, causal, generator, seed, random_blocks)
-    random_blocks = random_blocks.to(q.device)  # (H or 1, nm, r)
+    random_blocks = random_blocks.cpu()  # (H or 1, nm, r): the small tables are built on the CPU
 
     blk, num_middle, d_v = block_size, num_blocks - 2, v.shape[-1]
     out_dtype = q.dtype
@@ -554,6 +562,10 @@ def bigbird_attention(
     key_blocks = bigbird_key_blocks(random_blocks, num_blocks).expand(H, -1, -1)  # (H, nm, S)
     S = key_blocks.shape[-1]
     repeated = _repeated_blocks(key_blocks)  # (H, nm, S) slots whose block the row already lists
+    # Which rows need a mask, decided on the CPU table: no device sync per chunk, and no value read
+    # from q's device (a meta tensor has none).
+    row_repeats = repeated.any(dim=2).any(dim=0)  # (nm,) some head's row lists a block twice
+    key_blocks, repeated = key_blocks.to(q.device), repeated.to(q.device)  # (H, nm, S) each
     pad = num_blocks * blk - N  # zero keys appended to fill the last block; masked out below
     k_padded = F.pad(k, (0, 0, 0, pad)) if pad else k  # (B, H_kv, nb*blk, d)
     v_padded = F.pad(v, (0, 0, 0, pad)) if pad else v  # (B, H_kv, nb*blk, d_v)
@@ -578,7 +590,7 @@ def bigbird_attention(
         k_gathered = k_block_rows.index_select(0, rows).view(B, H * n, S * blk, d)  # (B, H*n, S*blk, d)
         v_gathered = v_block_rows.index_select(0, rows).view(B, H * n, S * blk, d_v)  # (B, H*n, S*blk, d_v)
         allowed = None  # the usual case: every gathered key counts, no mask to build (the fused kernel is faster)
-        if causal or pad or bool(repeated[:, start:stop].any()):
+        if causal or pad or bool(row_repeats[start:stop].any()):
             allowed = _middle_allowed_keys(
                 key_blocks[:, start:stop], repeated[:, start:stop], N, blk, causal, first_row=start
             )  # (H, n, 1 or blk, S*blk)
