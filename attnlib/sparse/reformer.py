@@ -47,12 +47,25 @@ Design decisions (each one is tested)
 * **Same-bucket only.** As in the paper and in the first trax implementation
   (``attend_across_buckets=False``). Later trax code and the Hugging Face port
   let a query attend to *every* key in its two chunks; we do not.
-* **Wrap-around.** As trax's ``look_adjacent`` (an ``np.roll`` over chunks),
-  the first chunk of a round looks back at the *last* chunk of the same round.
-  Because the last chunk holds the highest buckets, this only matters when one
-  bucket spans the whole round (e.g. ``n_buckets = 1``: attention is then a
-  ring of blocks). With a single chunk there is no "previous" chunk: the
-  window is the chunk itself (never the same keys twice).
+* **Wrap-around within a round (our choice).** The first chunk of a round
+  looks back at the *last* chunk of the same round (a ``torch.roll`` over the
+  round's chunks). Because the last chunk holds the highest buckets, this only
+  matters when one bucket spans the whole round (e.g. ``n_buckets = 1``:
+  attention is then a ring of blocks). With a single chunk there is no
+  "previous" chunk: the window is the chunk itself (never the same keys twice).
+  The authors' code does not do this. trax's ``look_adjacent`` rolls over the
+  chunks of *all* rounds laid end to end, so the first chunk of round ``r``
+  looks back at the last chunk of round ``r - 1`` (of the last round, for
+  ``r = 0``); trax offsets each round's bucket ids by ``r * n_buckets``, so its
+  same-bucket mask then removes every key that wrapped in from another round.
+  With more than one round trax in effect has no wrap-around (with a single
+  round its roll is ours).
+* **Differences from the Hugging Face port** (besides attending across buckets,
+  above): its ``_look_adjacent`` also rolls over the chunks of all rounds, and
+  with no same-bucket mask the first chunk of a round may attend to keys of the
+  last chunk of the *previous* round (a cross-round wrap). And for
+  ``N <= chunk_length`` it does not hash at all: it falls back to full
+  self-attention. Here a single chunk still hashes, and attends within buckets.
 * **Duplicates are counted once.** A key can be reached in several rounds.
   The paper, App. A Eq. (15)-(16), subtracts ``log N_ij`` from the score of pair
   ``(i, j)`` in each of the ``N_ij`` rounds that reach it, which splits the
@@ -448,8 +461,9 @@ def _token_values(table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 def _look_one_back(chunks: torch.Tensor) -> torch.Tensor:
     """The keys each chunk sees, Eq. (5): the previous chunk, then the chunk itself.
 
-    ``chunks: (B, H, n_chunks, m)`` -> ``(B, H, n_chunks, 2m)``. Chunk 0 looks back at the
-    last chunk (wrap-around, as trax's ``np.roll``). With a single chunk there is no other
+    ``chunks: (B, H, n_chunks, m)``, the chunks of one round -> ``(B, H, n_chunks, 2m)``. Chunk 0
+    looks back at the last chunk of the same round (our wrap-around: trax and Hugging Face roll over
+    the chunks of all rounds, see the module docstring). With a single chunk there is no other
     chunk: the window is the chunk itself, ``(B, H, 1, m)``.
     """
     if chunks.shape[2] == 1:
