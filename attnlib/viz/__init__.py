@@ -59,20 +59,25 @@ FIGURE_BYTES_LIMIT = 2_000_000  # a figure's HTML above this (2 MB) gets a warni
 
 
 def round_significant(array, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:
-    """``array`` as float64 rounded to ``digits`` significant digits (NaN and infinities kept).
+    """``array`` as float64 rounded to ``digits`` significant digits (zero, NaN and infinities kept).
 
     Rounded through exact powers of ten, so that ``tolist()`` prints the short decimal
-    (0.04802, not 0.048020000000000004).
+    (0.04802, not 0.048020000000000004). Powers of ten are exact doubles only up to 1e22, so values
+    further from 1 (below about 1e-19 or above 1e25, subnormals included) are rounded by Python's
+    decimal formatting instead; a value that would round past the largest double keeps its value.
     """
     array = np.asarray(array, dtype=np.float64)
     rounded = array.copy()
     finite = np.isfinite(array) & (array != 0)
     values = array[finite]
     shift = digits - 1 - np.floor(np.log10(np.abs(values))).astype(np.int64)  # decimal places to keep
-    up = shift >= 0
-    powers = 10.0 ** np.abs(shift)  # exact for |shift| <= 22
-    values = np.where(up, np.round(values * powers) / powers, np.round(values / powers) * powers)
-    rounded[finite] = values
+    exact = np.abs(shift) <= 22  # 10.0 ** 22 is the largest exact power of ten
+    powers = 10.0 ** np.abs(np.where(exact, shift, 0))
+    result = np.where(shift >= 0, np.round(values * powers) / powers, np.round(values / powers) * powers)
+    result[~exact] = [float(f"{value:.{digits - 1}e}") for value in values[~exact]]
+    overflowed = ~np.isfinite(result)  # 1.7977e308 rounds up to 1.798e308, beyond the largest double
+    result[overflowed] = values[overflowed]
+    rounded[finite] = result
     return rounded
 
 
@@ -106,7 +111,8 @@ def _as_array(frame) -> np.ndarray:
 def _check_categories(categories) -> None:
     if categories is not None and not 1 <= len(categories) <= len(CATEGORY_COLORS):
         raise ValueError(
-            f"categories must name between 1 and {len(CATEGORY_COLORS)} values (one colour each), got {len(categories)}"
+            f"categories must name between 1 and {len(CATEGORY_COLORS)} values (one colour each), got "
+            f"{len(categories)}: merge some categories, or leave categories out to draw the values on a colour scale"
         )
 
 
@@ -133,6 +139,7 @@ def heatmap(
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    _check_categories(categories)
     array = _as_array(matrix)
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 4))
@@ -154,6 +161,76 @@ def heatmap(
     if title:
         ax.set_title(title)
     return ax
+
+
+def _check_frames(arrays: list[np.ndarray], x_ticks, y_ticks) -> None:
+    """Every frame of one shape, one tick label per column and per row."""
+    if not arrays:
+        raise ValueError("frames must hold at least one 2-D array, got none")
+    for index, array in enumerate(arrays):
+        if array.shape != arrays[0].shape:
+            raise ValueError(
+                f"every frame must have the shape of the first, {arrays[0].shape}, got {array.shape} for frame {index}"
+            )
+    rows, cols = arrays[0].shape
+    for name, ticks, count in (("x_ticks", x_ticks, cols), ("y_ticks", y_ticks, rows)):
+        if ticks is not None and len(ticks) != count:
+            raise ValueError(f"{name} must have one label per {'column' if name == 'x_ticks' else 'row'} "
+                             f"({count}), got {len(ticks)}")  # fmt: skip
+
+
+def _heatmap_figure(
+    array: np.ndarray,
+    title: str,
+    *,
+    xlabel: str = "key",
+    ylabel: str = "query",
+    x_ticks: Sequence[str] | None = None,
+    y_ticks: Sequence[str] | None = None,
+    categories: Sequence[str] | None = None,
+    colorscale: str = "Viridis",
+    zmin: float | None = None,
+    zmax: float | None = None,
+    size: int = 520,
+):
+    """The plotly heatmap of one frame: what the static page and a live kernel both show.
+
+    :func:`slider_heatmap` adds a slider over more frames; :func:`explore` in a live kernel
+    draws each recomputed frame with it, so both show the same ticks, colours and titles.
+    """
+    import plotly.graph_objects as go
+
+    rows, cols = array.shape
+    heat = dict(colorscale=colorscale, zmin=zmin, zmax=zmax)
+    if categories is not None:
+        count = len(categories)
+        scale = []
+        for value in range(count):  # a stepped colour scale: value i -> colour i
+            low, high = round(value / count, SIGNIFICANT_DIGITS), round((value + 1) / count, SIGNIFICANT_DIGITS)
+            scale += [[low, CATEGORY_COLORS[value]], [high, CATEGORY_COLORS[value]]]
+        heat = dict(
+            colorscale=scale,
+            zmin=-0.5,
+            zmax=count - 0.5,
+            colorbar=dict(tickvals=list(range(count)), ticktext=list(categories)),
+        )
+    x = list(range(cols))
+    y = list(range(rows))
+    figure = go.Figure(go.Heatmap(z=array.tolist(), x=x, y=y, **heat))
+    figure.update_layout(
+        title=dict(text=title, y=0.98, yref="container"),
+        font=dict(family=PLOTLY_FONT),
+        width=size + 140,
+        height=size + 200,
+        margin=dict(l=60, r=20, t=130, b=40),
+        xaxis=dict(title=dict(text=xlabel), side="top", constrain="domain"),
+        yaxis=dict(title=dict(text=ylabel), autorange="reversed", scaleanchor="x"),
+    )
+    if x_ticks is not None:
+        figure.update_xaxes(tickvals=x, ticktext=list(x_ticks), tickangle=-60)
+    if y_ticks is not None:
+        figure.update_yaxes(tickvals=y, ticktext=list(y_ticks))
+    return figure
 
 
 def slider_heatmap(
@@ -180,63 +257,51 @@ def slider_heatmap(
         titles: the figure title for each frame (defaults to the label).
         categories: names of integer values 0..K-1, drawn in discrete colours.
     """
-    import plotly.graph_objects as go
-
     _check_categories(categories)
     arrays = [_as_array(frame) for frame in frames]
-    if not arrays:
-        raise ValueError("frames must hold at least one 2-D array, got none")
-    for index, array in enumerate(arrays):
-        if array.shape != arrays[0].shape:
-            raise ValueError(
-                f"every frame must have the shape of the first, {arrays[0].shape}, got {array.shape} for frame {index}"
-            )
-    rows, cols = arrays[0].shape
-    for name, ticks, count in (("x_ticks", x_ticks, cols), ("y_ticks", y_ticks, rows)):
-        if ticks is not None and len(ticks) != count:
-            raise ValueError(f"{name} must have one label per {'column' if name == 'x_ticks' else 'row'} "
-                             f"({count}), got {len(ticks)}")  # fmt: skip
+    _check_frames(arrays, x_ticks, y_ticks)
     if len(labels) != len(arrays):
         raise ValueError(f"labels must have one entry per frame ({len(arrays)}), got {len(labels)}")
     titles = list(labels) if titles is None else list(titles)
     if len(titles) != len(arrays):
         raise ValueError(f"titles must have one entry per frame ({len(arrays)}), got {len(titles)}")
 
-    heat = dict(colorscale=colorscale, zmin=zmin, zmax=zmax)
-    if categories is not None:
-        count = len(categories)
-        scale = []
-        for value in range(count):  # a stepped colour scale: value i -> colour i
-            low, high = round(value / count, SIGNIFICANT_DIGITS), round((value + 1) / count, SIGNIFICANT_DIGITS)
-            scale += [[low, CATEGORY_COLORS[value]], [high, CATEGORY_COLORS[value]]]
-        heat = dict(
-            colorscale=scale,
-            zmin=-0.5,
-            zmax=count - 0.5,
-            colorbar=dict(tickvals=list(range(count)), ticktext=list(categories)),
-        )
-    x = list(range(cols))
-    y = list(range(rows))
-    figure = go.Figure(go.Heatmap(z=arrays[0].tolist(), x=x, y=y, **heat))
+    figure = _heatmap_figure(
+        arrays[0],
+        titles[0],
+        xlabel=xlabel,
+        ylabel=ylabel,
+        x_ticks=x_ticks,
+        y_ticks=y_ticks,
+        categories=categories,
+        colorscale=colorscale,
+        zmin=zmin,
+        zmax=zmax,
+        size=size,
+    )
     steps = [
         dict(method="update", label=str(label), args=[{"z": [array.tolist()]}, {"title.text": title}])
         for array, label, title in zip(arrays, labels, titles)
     ]
     figure.update_layout(
-        title=dict(text=titles[0], y=0.98, yref="container"),
-        font=dict(family=PLOTLY_FONT),
-        width=size + 140,
-        height=size + 200,
-        margin=dict(l=60, r=20, t=130, b=40),
         sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix=slider_prefix), pad=dict(t=40))],
-        xaxis=dict(title=dict(text=xlabel), side="top", constrain="domain"),
-        yaxis=dict(title=dict(text=ylabel), autorange="reversed", scaleanchor="x"),
     )
-    if x_ticks is not None:
-        figure.update_xaxes(tickvals=x, ticktext=list(x_ticks), tickangle=-60)
-    if y_ticks is not None:
-        figure.update_yaxes(tickvals=y, ticktext=list(y_ticks))
     return figure
+
+
+# What explore passes on to the figure (slider_heatmap's keyword arguments but the titles).
+FIGURE_OPTIONS = {
+    "slider_prefix",
+    "xlabel",
+    "ylabel",
+    "x_ticks",
+    "y_ticks",
+    "categories",
+    "colorscale",
+    "zmin",
+    "zmax",
+    "size",
+}
 
 
 def figure_html(figure, div_id: str):
@@ -286,7 +351,8 @@ def explore(
 ):
     """Show ``compute(**params) -> 2-D frame`` with controls over ``params``.
 
-    In a live kernel: one ipywidgets control per parameter, recomputing on change.
+    In a live kernel with ipywidgets: one control per parameter, recomputing on change, each frame
+    drawn as the static figure draws it (same ticks, colour range and scale, titles).
     Otherwise: every combination of ``params`` is precomputed into a
     :func:`slider_heatmap` (keep the grid small) and displayed as static HTML.
     Displays the figure and returns None (so a notebook shows it exactly once).
@@ -294,6 +360,9 @@ def explore(
     from IPython.display import display
 
     _check_div_id(div_id)  # before any frame is computed
+    unknown = sorted(set(figure_options) - FIGURE_OPTIONS)
+    if unknown:
+        raise TypeError(f"explore got unknown figure options {unknown}; expected some of {sorted(FIGURE_OPTIONS)}")
     _check_categories(figure_options.get("categories"))
     names = list(params)
     if not names:
@@ -305,27 +374,25 @@ def explore(
     title = title or label
 
     if in_live_kernel():
-        import ipywidgets as widgets
-        import matplotlib.pyplot as plt
+        try:
+            import ipywidgets as widgets
+        except ImportError:  # no controls without ipywidgets: the static slider figure below
+            widgets = None
+        if widgets is not None:
+            figure_options = dict(figure_options)
+            figure_options.pop("slider_prefix", None)  # a live figure has controls, not a slider
 
-        categories = figure_options.get("categories")
+            def redraw(**kwargs):
+                """One frame as the static figure draws it (ticks, colour range and scale, titles)."""
+                array = _as_array(compute(**kwargs))
+                _check_frames([array], figure_options.get("x_ticks"), figure_options.get("y_ticks"))
+                display(_heatmap_figure(array, title(**kwargs), **figure_options))
 
-        def redraw(**kwargs):
-            heatmap(
-                compute(**kwargs),
-                title=title(**kwargs),
-                categories=categories,
-                xlabel=figure_options.get("xlabel", "key"),
-                ylabel=figure_options.get("ylabel", "query"),
-            )
-            plt.show()
-
-        controls = {
-            name: widgets.SelectionSlider(options=list(values), description=name) for name, values in params.items()
-        }
-        widget = widgets.interactive(redraw, **controls)
-        display(widget)
-        return None
+            controls = {
+                name: widgets.SelectionSlider(options=list(values), description=name) for name, values in params.items()
+            }
+            display(widgets.interactive(redraw, **controls))
+            return None
 
     combos = [dict(zip(names, values)) for values in itertools.product(*params.values())]
     frames = [compute(**combo) for combo in combos]
