@@ -320,7 +320,8 @@ def test_prompt_plus_new_tokens_exceed_the_maximum():
 def test_cache_overflow():
     model = make_model(False, 4, 1)
     cache = KVCache(model.config, 1, max_length=12)
-    model(token_ids(1, 10), cache=cache)
+    with torch.no_grad():  # a cached forward pass runs without gradient tracking
+        model(token_ids(1, 10), cache=cache)
     with pytest.raises(ValueError, match=r"max_length=12 tokens: it has 10, and 3 more came"):
         model(token_ids(1, 3), cache=cache)
     with pytest.raises(ValueError, match="cache must be built for this model and batch"):

@@ -45,6 +45,18 @@ KV cache: per layer, keys and values of ``B x H_kv x N_max x d`` elements each, 
 ``2 L B H_kv N d`` elements in all (:func:`kv_cache_bytes`): ``H / H_kv`` times smaller than
 multi-head attention's, ``H`` times smaller with multi-query attention.
 
+The cache is for decoding, not for training. It is written in place, and autograd cannot
+differentiate through a buffer that a later write changes (every layer, and every later step,
+writes into the same one), so a cached forward pass must run under ``torch.no_grad()``
+(``generate`` does) and is refused otherwise. Training needs no cache: one forward pass over the
+whole sequence gives the logits of every position at once (teacher forcing). Making the cache
+differentiable would mean copying it at every write, which is exactly what it exists to avoid.
+
+Padded batches are not supported: every row of ``input_ids`` is read as real tokens from position
+0. An ``attention_mask`` that marks padding is refused (decode prompts of different lengths one at
+a time, or group prompts of equal length), since padding tokens would be attended to and shift the
+rotary positions of the row, and the row would decode differently without a word.
+
 Shape legend
 ------------
     B     batch size
@@ -57,13 +69,14 @@ Shape legend
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .. import reference
-from .._checks import check_positive_int
+from .._checks import FLOAT_DTYPES, check_flag, check_positive_int
 from .flash import flash_attention
 
 __all__ = [
@@ -88,6 +101,26 @@ __all__ = [
 ATTENTIONS = ("flash", "flash_torch", "flash_triton", "reference")
 
 
+def _check_real(name: str, value, *, allow_zero: bool = False) -> None:
+    """``value`` must be a finite real number (not a bool), positive (or zero with ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+
+def _check_config(config) -> None:
+    if not isinstance(config, FalconConfig):
+        raise TypeError(f"config must be a FalconConfig, got {type(config).__name__}")
+
+
+def _check_float_dtype(dtype) -> None:
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be a floating torch.dtype (float16/bfloat16/float32/float64), got {dtype!r}")
+
+
 @dataclass
 class FalconConfig:
     """Hyper-parameters, named as in Hugging Face's ``FalconConfig``; the defaults are a toy."""
@@ -107,6 +140,10 @@ class FalconConfig:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_kv_heads"):
             check_positive_int(name, getattr(self, name))
         check_positive_int("max_position_embeddings", self.max_position_embeddings)
+        check_flag("new_decoder_architecture", self.new_decoder_architecture)
+        _check_real("rope_theta", self.rope_theta)
+        _check_real("layer_norm_epsilon", self.layer_norm_epsilon)
+        _check_real("initializer_range", self.initializer_range, allow_zero=True)
         H, H_kv, C = self.num_attention_heads, self.num_kv_heads, self.hidden_size
         if C % H != 0:
             raise ValueError(f"hidden_size must be divisible by num_attention_heads, got {C} and {H}")
@@ -143,6 +180,8 @@ class FalconConfig:
 
 def kv_cache_bytes(config: FalconConfig, batch_size: int, num_tokens: int, dtype=torch.float32) -> int:
     """Bytes of a KV cache for ``num_tokens`` tokens: ``2 L B H_kv N d`` elements (keys and values)."""
+    _check_config(config)
+    _check_float_dtype(dtype)
     check_positive_int("batch_size", batch_size)
     check_positive_int("num_tokens", num_tokens)
     element_bytes = torch.empty((), dtype=dtype).element_size()
@@ -156,16 +195,19 @@ class KVCache:
     ``keys`` and ``values`` are ``(L, B, H_kv, N_max, d)``; ``length`` tokens are filled. During
     one forward pass every layer writes its new keys and values at positions
     ``length .. length + N - 1`` with :meth:`update`; the model then calls :meth:`advance`.
+    It serves decoding under ``torch.no_grad()`` only (see the module docstring).
     """
 
     def __init__(
         self, config: FalconConfig, batch_size: int, max_length: int | None = None, *, dtype=None, device=None
     ):
+        _check_config(config)
         check_positive_int("batch_size", batch_size)
         max_length = config.max_position_embeddings if max_length is None else max_length
         check_positive_int("max_length", max_length)
-        shape = (config.num_hidden_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
         dtype = torch.float32 if dtype is None else dtype
+        _check_float_dtype(dtype)
+        shape = (config.num_hidden_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, H_kv, N_max, d)
         self.values = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, H_kv, N_max, d)
         self.length = 0
@@ -191,6 +233,40 @@ class KVCache:
 
     def advance(self, num_new: int) -> None:
         self.length += num_new
+
+    def check_fits(self, config: FalconConfig, batch_size: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Raise unless this cache was built for a model of ``config`` and ``batch_size`` rows.
+
+        A cache of another model would fail with a broadcasting error, or worse be accepted: an
+        ``H_kv = 4`` cache takes the keys of a multi-query model (``H_kv = 1``) by broadcasting,
+        with 4 times the memory.
+        """
+        build = "build one with KVCache(model.config, batch_size, dtype=..., device=...) for the model that uses it"
+        if self.values.shape != self.keys.shape:
+            raise ValueError(
+                f"cache.values must have the shape of cache.keys {tuple(self.keys.shape)}, "
+                f"got {tuple(self.values.shape)}"
+            )
+        L, B, H_kv, _, d = self.keys.shape  # (L, B, H_kv, N_max, d)
+        found = [
+            (L, config.num_hidden_layers, f"{L} layers, the model num_hidden_layers={config.num_hidden_layers}"),
+            (H_kv, config.num_kv_heads, f"{H_kv} key/value heads, the model num_kv_heads={config.num_kv_heads}"),
+            (d, config.head_dim, f"head dimension {d}, the model head_dim={config.head_dim}"),
+            (B, batch_size, f"batch size {B}, input_ids {batch_size} rows"),
+        ]
+        for got, want, what in found:
+            if got != want:
+                raise ValueError(f"cache must be built for this model and batch: it has {what}; {build}")
+        if self.keys.dtype != dtype or self.values.dtype != dtype:
+            raise TypeError(
+                f"cache must be built for this model: it holds {self.keys.dtype}, the model's parameters are {dtype}; "
+                f"{build}"
+            )
+        if self.keys.device != device or self.values.device != device:
+            raise ValueError(
+                f"cache must be built for this model: it is on device {self.keys.device}, the model on {device}; "
+                f"{build}"
+            )
 
 
 # --------------------------------------------------------------------------
@@ -371,11 +447,70 @@ class FalconForCausalLM(nn.Module):
             raise ValueError(f"input_ids must be (B, N), got shape {tuple(input_ids.shape)}")
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must hold at least one token per sequence, got shape {tuple(input_ids.shape)}")
+        model_device = self.transformer.word_embeddings.weight.device
+        if input_ids.device != model_device:
+            raise ValueError(
+                f"input_ids must be on the model's device ({model_device}), got {input_ids.device}: "
+                f"move them with input_ids.to(device)"
+            )
         low, high = input_ids.min().item(), input_ids.max().item()
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(
                 f"input_ids must be token ids in [0, vocab_size={self.config.vocab_size}), "
                 f"got values in [{low}, {high}]"
+            )
+
+    @staticmethod
+    def _check_attention_mask(attention_mask, input_ids: torch.Tensor) -> None:
+        """``attention_mask: (B, N)``, 1 = a real token, 0 = padding; padding is refused (module docstring)."""
+        if attention_mask is None:
+            return
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor or None, got {type(attention_mask).__name__}")
+        if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+            raise TypeError(
+                f"attention_mask must be a bool or integer tensor (1 = a real token, 0 = padding), "
+                f"got {attention_mask.dtype}"
+            )
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        if attention_mask.device != input_ids.device:
+            raise ValueError(
+                f"attention_mask must be on the device of input_ids ({input_ids.device}), got {attention_mask.device}"
+            )
+        mask = attention_mask.long()  # (B, N)
+        low, high = mask.min().item(), mask.max().item()
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"attention_mask must hold 0 and 1 (1 = a real token, 0 = padding), got values in [{low}, {high}]"
+            )
+        padded_rows = (mask == 0).any(dim=1).nonzero().flatten().tolist()
+        if padded_rows:
+            rows = ", ".join(map(str, padded_rows))
+            raise ValueError(
+                f"attention_mask marks padding in {'row' if len(padded_rows) == 1 else 'rows'} {rows}: padded "
+                f"batches are not supported (padding would be attended to and would shift the row's positions, "
+                f"so the row would decode differently). Pass one prompt at a time, or batch prompts of equal length"
+            )
+
+    @staticmethod
+    def _check_attention(attention) -> None:
+        if not isinstance(attention, str) or attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+
+    def _check_cache(self, cache: KVCache, batch_size: int, num_new: int) -> None:
+        weight = self.transformer.word_embeddings.weight
+        cache.check_fits(self.config, batch_size, weight.dtype, weight.device)
+        cache.check_room(num_new)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            raise ValueError(
+                "cache: a forward pass with a KV cache must run under torch.no_grad() (generate does): the cache "
+                "is written in place, so autograd cannot differentiate through it. The cache is for decoding; "
+                "to train, call the model on the whole sequence without a cache (one pass gives the logits of "
+                "every position)"
             )
 
     def forward(
@@ -385,23 +520,29 @@ class FalconForCausalLM(nn.Module):
         cache: KVCache | None = None,
         attention: str = "flash",
         output_attentions: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ):
         """Logits ``(B, N, V)`` for ``input_ids: (B, N)``; position ``i`` predicts token ``i + 1``.
 
         Args:
-            input_ids: ``(B, N)`` token ids in ``[0, vocab_size)``.
+            input_ids: ``(B, N)`` token ids in ``[0, vocab_size)``, on the model's device.
             cache: a :class:`KVCache` holding ``P`` earlier tokens; the ``N`` new tokens take
-                positions ``P .. P + N - 1``, attend to the cached keys and are appended.
+                positions ``P .. P + N - 1``, attend to the cached keys and are appended. Built
+                for this model (layers, key/value heads, head dimension, dtype, device) and batch;
+                only under ``torch.no_grad()`` (the cache is written in place: not differentiable).
             attention: one of :data:`ATTENTIONS`.
             output_attentions: also return, per layer, the softmax weights ``(B, H, N, P + N)``
                 (dense, from :func:`attnlib.reference.attention_weights`; for figures).
+            attention_mask: optional ``(B, N)``, 1 = a real token, 0 = padding. Padding is not
+                supported and refused; all ones changes nothing.
 
         Returns:
             ``logits``, or ``(logits, weights)`` with ``output_attentions``.
         """
         self._check_ids(input_ids)
-        if not isinstance(attention, str) or attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        self._check_attention(attention)
+        check_flag("output_attentions", output_attentions)
+        self._check_attention_mask(attention_mask, input_ids)
         B, N = input_ids.shape
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
@@ -412,12 +553,7 @@ class FalconForCausalLM(nn.Module):
                 f"got {start} cached + {N} new tokens"
             )
         if cache is not None:
-            if cache.keys.shape[1] != B or cache.keys.shape[0] != self.config.num_hidden_layers:
-                raise ValueError(
-                    f"cache must be built for this model and batch: it has {cache.keys.shape[0]} layers and batch "
-                    f"{cache.keys.shape[1]}, the model {self.config.num_hidden_layers} layers and the input batch {B}"
-                )
-            cache.check_room(N)
+            self._check_cache(cache, B, N)
         hidden, weights = self.transformer(
             input_ids, cache=cache, attention=attention, output_attentions=output_attentions
         )  # (B, N, C)
@@ -436,27 +572,45 @@ class FalconForCausalLM(nn.Module):
         top_k: int | None = None,
         seed: int | None = None,
         attention: str = "flash",
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Continue ``input_ids: (B, N)`` by ``max_new_tokens`` tokens; returns ``(B, N + max_new_tokens)``.
 
         Greedy by default (the most likely token). With ``do_sample``: divide the logits by
         ``temperature``, keep the ``top_k`` largest (if given) and sample, from a generator seeded
-        with ``seed``. With ``use_cache`` the prompt fills a :class:`KVCache` once and each new
-        token costs one position; without it every step recomputes the whole prefix.
+        with ``seed``; these three are refused without ``do_sample`` (they would be ignored). With
+        ``use_cache`` the prompt fills a :class:`KVCache` once and each new token costs one
+        position; without it every step recomputes the whole prefix. Every row of ``input_ids``
+        is read as real tokens: an ``attention_mask`` that marks padding is refused.
         """
         self._check_ids(input_ids)
         check_positive_int("max_new_tokens", max_new_tokens)
+        check_flag("use_cache", use_cache)
+        check_flag("do_sample", do_sample)
+        self._check_attention(attention)
+        self._check_attention_mask(attention_mask, input_ids)
+        _check_real("temperature", temperature)
+        if top_k is not None:
+            check_positive_int("top_k", top_k)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+        if not do_sample:
+            for name, value, default in (
+                ("temperature", temperature, 1.0),
+                ("top_k", top_k, None),
+                ("seed", seed, None),
+            ):
+                if value != default:
+                    raise ValueError(
+                        f"{name}={value!r} only acts with do_sample=True (sampling); pass do_sample=True, "
+                        f"or leave {name} out for greedy decoding"
+                    )
         B, N = input_ids.shape
         if N + max_new_tokens > self.config.max_position_embeddings:
             raise ValueError(
                 f"prompt length + max_new_tokens must be at most max_position_embeddings="
                 f"{self.config.max_position_embeddings}, got {N} + {max_new_tokens} = {N + max_new_tokens}"
             )
-        if do_sample:
-            if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-                raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-            if top_k is not None:
-                check_positive_int("top_k", top_k)
         generator = None
         if do_sample:
             generator = torch.Generator(device=input_ids.device)
