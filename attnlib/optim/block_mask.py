@@ -49,7 +49,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_positive_int
+from .._checks import check_flag, check_positive_int
+from ..sparse.swin import swin_window_and_shift
 
 __all__ = [
     "EMPTY",
@@ -97,6 +98,54 @@ class BlockMask:
     partial_slot_t: torch.Tensor  # (B_m, H_m, T_k, T_q) the same, transposed (for the dK/dV loop)
     partial_tiles: torch.Tensor  # (P, b_q, b_k) bool: the element mask of each partial tile
 
+    def __post_init__(self) -> None:
+        """Shapes, dtypes and devices of every field (the kernels index these tensors without bounds checks).
+
+        The contents are trusted: the builders of this module make them consistent.
+        """
+        for name in ("N_q", "N_k", "block_q", "block_k"):
+            check_positive_int(name, getattr(self, name))
+        kinds = self.kinds
+        if not isinstance(kinds, torch.Tensor) or kinds.dtype != torch.int8 or kinds.ndim != 4:
+            got = f"{kinds.dtype} of shape {tuple(kinds.shape)}" if isinstance(kinds, torch.Tensor) else type(kinds)
+            raise ValueError(f"kinds must have shape (B_m, H_m, T_q, T_k) and dtype torch.int8, got {got}")
+        B_m, H_m, T_q, T_k = kinds.shape
+        for N, block, tiles, axis in ((self.N_q, self.block_q, T_q, "query"), (self.N_k, self.block_k, T_k, "key")):
+            if tiles != math.ceil(N / block):
+                n, b, t = ("N_q", "block_q", "T_q") if axis == "query" else ("N_k", "block_k", "T_k")
+                raise ValueError(
+                    f"{n}={N} needs {t}={math.ceil(N / block)} {axis} tiles of {b}={block}, but kinds has {tiles} "
+                    f"(kinds must have shape (B_m, H_m, T_q, T_k), got {tuple(kinds.shape)})"
+                )
+        if B_m == 0 or H_m == 0:
+            raise ValueError(f"kinds must have batch and head dims of at least 1, got shape {tuple(kinds.shape)}")
+        shapes = {
+            "kv_num_blocks": (B_m, H_m, T_q), "kv_indices": (B_m, H_m, T_q, T_k),
+            "full_kv_num_blocks": (B_m, H_m, T_q), "full_kv_indices": (B_m, H_m, T_q, T_k),
+            "q_num_blocks": (B_m, H_m, T_k), "q_indices": (B_m, H_m, T_k, T_q),
+            "full_q_num_blocks": (B_m, H_m, T_k), "full_q_indices": (B_m, H_m, T_k, T_q),
+            "partial_slot": (B_m, H_m, T_q, T_k), "partial_slot_t": (B_m, H_m, T_k, T_q),
+        }  # fmt: skip
+        for name, shape in shapes.items():
+            x = getattr(self, name)
+            if not isinstance(x, torch.Tensor) or x.dtype != torch.int32:
+                got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+                raise TypeError(f"{name} must be an int32 tensor, got {got}")
+            if tuple(x.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape} (from kinds), got {tuple(x.shape)}")
+        tiles = self.partial_tiles
+        if not isinstance(tiles, torch.Tensor) or tiles.dtype != torch.bool:
+            got = tiles.dtype if isinstance(tiles, torch.Tensor) else type(tiles).__name__
+            raise TypeError(f"partial_tiles must be a bool tensor, got {got}")
+        if tiles.ndim != 3 or tiles.shape[0] == 0 or tuple(tiles.shape[1:]) != (self.block_q, self.block_k):
+            raise ValueError(
+                f"partial_tiles must have shape (P, block_q, block_k) = (P, {self.block_q}, {self.block_k}) "
+                f"with P >= 1, got {tuple(tiles.shape)}"
+            )
+        devices = {getattr(self, name).device for name in ("kinds", "partial_tiles", *shapes)}
+        if len(devices) > 1:
+            raise ValueError(f"the tensors of a BlockMask must be on one device, got {sorted(map(str, devices))}")
+
     @property
     def num_tiles(self) -> tuple[int, int]:
         """``(T_q, T_k)``, the tile grid."""
@@ -129,6 +178,7 @@ class BlockMask:
 
     def to(self, device) -> BlockMask:
         """The same block mask on ``device`` (its tensors are small: ``O(T_q T_k + P b_q b_k)``)."""
+        device = _check_device(device)
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
         return BlockMask(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
 
@@ -196,6 +246,20 @@ def _check_blocks(block_q, block_k) -> None:
     check_positive_int("block_k", block_k)
 
 
+def _check_device(device) -> torch.device | None:
+    """``device`` as a ``torch.device`` (None stays None); ValueError/TypeError naming ``device`` otherwise."""
+    if device is None or isinstance(device, torch.device):
+        return device
+    if isinstance(device, bool) or not isinstance(device, (str, int)):
+        raise TypeError(f"device must be a torch.device or a device string such as 'cpu', got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"device must be a torch.device or a device string such as 'cpu' or 'cuda', got {device!r}"
+        ) from None
+
+
 def _classify_row(allowed: torch.Tensor, block_k: int, T_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One row of tiles. ``allowed: (B_m, H_m, b_q, T_k * b_k)`` bool, out-of-range entries False.
 
@@ -238,6 +302,14 @@ def block_mask_from_dense(mask: torch.Tensor, *, block_q: int = DEFAULT_BLOCK, b
         raise TypeError(f"mask must have dtype torch.bool (True = the query may attend to the key), got {mask.dtype}")
     if mask.ndim not in (2, 3, 4):
         raise ValueError(f"mask must have shape (N_q, N_k), (H, N_q, N_k) or (B, H, N_q, N_k), got {tuple(mask.shape)}")
+    if mask.numel() == 0:
+        raise ValueError(
+            f"mask must have at least one query and one key (and batch and head dims of at least 1), "
+            f"got shape {tuple(mask.shape)}"
+        )
+    for name, value in (("N_q", N_q), ("N_k", N_k)):
+        if value is not None:
+            check_positive_int(name, value)
     if (N_q is not None and mask.shape[-2] != N_q) or (N_k is not None and mask.shape[-1] != N_k):
         raise ValueError(f"mask must have shape (..., N_q, N_k) = (..., {N_q}, {N_k}), got {tuple(mask.shape)}")
     _check_blocks(block_q, block_k)
@@ -268,6 +340,9 @@ def block_mask_from_mask_mod(mask_mod: MaskMod, B: int | None, H: int | None, N_
     ``mask_mod`` may index tables of length ``N_q`` / ``N_k``. ``B=None`` or ``H=None``: one
     pattern for every batch element / head (``b`` / ``h`` are then 0), as in FlexAttention.
     No ``N_q x N_k`` tensor is built: the peak is one row of tiles, ``block_q x N_k`` booleans.
+
+    The mask_mods of this module know the sizes they were made for (``mask_mod.check_sizes``):
+    a ValueError says so when ``B``, ``H``, ``N_q``, ``N_k`` do not fit them.
     """
     if not callable(mask_mod):
         raise TypeError(f"mask_mod must be callable as mask_mod(b, h, q_idx, kv_idx), got {type(mask_mod).__name__}")
@@ -276,6 +351,10 @@ def block_mask_from_mask_mod(mask_mod: MaskMod, B: int | None, H: int | None, N_
     for name, value in (("B", B_m), ("H", H_m), ("N_q", N_q), ("N_k", N_k)):
         check_positive_int(name, value)
     _check_blocks(block_q, block_k)
+    device = _check_device(device)
+    check_sizes = getattr(mask_mod, "check_sizes", None)
+    if check_sizes is not None:
+        check_sizes(B, H, N_q, N_k)
     T_q, T_k = math.ceil(N_q / block_q), math.ceil(N_k / block_k)
     b = torch.arange(B_m, device=device).view(B_m, 1, 1, 1)
     h = torch.arange(H_m, device=device).view(1, H_m, 1, 1)
@@ -307,36 +386,81 @@ def block_mask_from_mask_mod(mask_mod: MaskMod, B: int | None, H: int | None, N_
 # --------------------------------------------------------------------------------------
 # Patterns as mask_mods (every one evaluated tile by tile)
 # --------------------------------------------------------------------------------------
+def _with_size_check(mask_mod: MaskMod, check_sizes) -> MaskMod:
+    """Attach ``check_sizes(B, H, N_q, N_k)``: :func:`block_mask_from_mask_mod` calls it before evaluating.
+
+    The check lives outside the mask_mod so that the mask_mod stays a pure function of its
+    indices (FlexAttention traces mask_mods with vmap, where a data-dependent check would fail).
+    """
+    mask_mod.check_sizes = check_sizes
+    return mask_mod
+
+
 def causal_mask_mod(N_q: int, N_k: int) -> MaskMod:
     """Query ``i`` sees key ``j <= i + N_k - N_q`` (queries aligned to the end, as :mod:`attnlib.reference`)."""
+    check_positive_int("N_q", N_q)
+    check_positive_int("N_k", N_k)
     offset = N_k - N_q
-    return lambda b, h, q_idx, kv_idx: kv_idx <= q_idx + offset
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx + offset
+
+    def check_sizes(B, H, n_q, n_k):
+        if (n_q, n_k) != (N_q, N_k):
+            raise ValueError(
+                f"causal_mask_mod was made for N_q={N_q}, N_k={N_k}, but the block mask is for N_q={n_q}, "
+                f"N_k={n_k}: make it with causal_mask_mod({n_q}, {n_k})"
+            )
+
+    return _with_size_check(mask_mod, check_sizes)
 
 
 def sliding_window_mask_mod(window: int, *, causal: bool = False) -> MaskMod:
     """Query ``i`` sees keys ``j`` with ``|i - j| <= window`` (``i - window <= j <= i`` if causal)."""
     check_positive_int("window", window)
+    check_flag("causal", causal)
     if causal:
         return lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) & (q_idx - kv_idx <= window)
     return lambda b, h, q_idx, kv_idx: (q_idx - kv_idx).abs() <= window
 
 
 def document_mask_mod(document_ids: torch.Tensor, *, causal: bool = False) -> MaskMod:
-    """Packed sequences: a token sees the tokens of its own document, ``document_ids: (N,)`` or ``(B, N)``."""
+    """Packed sequences: a token sees the tokens of its own document, ``document_ids: (N,)`` or ``(B, N)``.
+
+    For self-attention over those ``N`` tokens (``N_q = N_k = N``); ``(B, N)``: one row per batch
+    element, so the block mask is built with that ``B``.
+    """
     if not isinstance(document_ids, torch.Tensor) or document_ids.dtype.is_floating_point:
         raise TypeError("document_ids must be an integer torch.Tensor of shape (N,) or (B, N)")
     if document_ids.ndim not in (1, 2):
         raise ValueError(f"document_ids must have shape (N,) or (B, N), got {tuple(document_ids.shape)}")
+    if document_ids.numel() == 0:
+        shape = tuple(document_ids.shape)
+        raise ValueError(f"document_ids must have at least one token (and one row), got shape {shape}")
+    check_flag("causal", causal)
     ids = document_ids.reshape(-1, document_ids.shape[-1])  # (B or 1, N)
+    rows, N = ids.shape
 
     def mask_mod(b, h, q_idx, kv_idx):
-        rows = ids[b.flatten()] if ids.shape[0] > 1 else ids  # (B_m, N)
-        q_doc = rows[:, q_idx.flatten()].view(-1, 1, q_idx.shape[-2], 1)  # (B_m, 1, b_q, 1)
-        kv_doc = rows[:, kv_idx.flatten()].view(-1, 1, 1, kv_idx.shape[-1])  # (B_m, 1, 1, keys)
+        per_row = ids[b.flatten()] if rows > 1 else ids  # (B_m, N)
+        q_doc = per_row[:, q_idx.flatten()].view(-1, 1, q_idx.shape[-2], 1)  # (B_m, 1, b_q, 1)
+        kv_doc = per_row[:, kv_idx.flatten()].view(-1, 1, 1, kv_idx.shape[-1])  # (B_m, 1, 1, keys)
         same = q_doc == kv_doc  # (B_m, 1, b_q, keys)
         return same & (kv_idx <= q_idx) if causal else same
 
-    return mask_mod
+    def check_sizes(B, H, N_q, N_k):
+        if (N_q, N_k) != (N, N):
+            raise ValueError(
+                f"document_ids has {N} tokens, but the block mask is for N_q={N_q}, N_k={N_k}: "
+                "give one document id per token (N_q = N_k = N)"
+            )
+        if rows > 1 and B != rows:
+            raise ValueError(
+                f"document_ids has {rows} rows (one per batch element), but the block mask is built with B={B}: "
+                f"build it with B={rows}"
+            )
+
+    return _with_size_check(mask_mod, check_sizes)
 
 
 def swin_window_mask_mod(height: int, width: int, window_size: int, shift: int = 0) -> MaskMod:
@@ -344,19 +468,35 @@ def swin_window_mask_mod(height: int, width: int, window_size: int, shift: int =
 
     Tokens see each other iff they fall in the same ``window_size x window_size`` window. With
     ``shift`` the windows move by ``shift`` pixels; the result is what Swin's cyclic shift plus
-    its attention mask computes: window index ``(row + shift) // window_size`` (and the same for
-    columns), so the pieces that the cyclic shift wraps around stay apart.
+    its attention mask computes (:func:`attnlib.sparse.swin.swin_pattern`). The official code rolls
+    the map by ``-s`` and masks the pieces that wrap around; in the map's own frame the first
+    ``s`` rows form a window of their own and the others follow every ``M`` rows, so the window
+    of row ``r`` is ``(r + M - s) // M`` (and the same for columns). As in the official code, a
+    map no larger than the window (``min(height, width) <= M``) is one window of ``min(height, width)``
+    with no shift (:func:`attnlib.sparse.swin.swin_window_and_shift`).
     """
     for name, value in (("height", height), ("width", width), ("window_size", window_size)):
         check_positive_int(name, value)
     if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift < window_size:
         raise ValueError(f"shift must be an int in [0, window_size={window_size}), got {shift!r}")
+    M, s = swin_window_and_shift(height, width, window_size, shift)  # clipped for small maps
 
     def window_id(idx):
         row, col = idx // width, idx % width
-        return ((row + shift) // window_size) * (width + window_size) + (col + shift) // window_size
+        # (row + M - s) // M is at most height, so width + M ids per row of windows keep windows apart
+        return ((row + M - s) // M) * (width + M) + (col + M - s) // M
 
-    return lambda b, h, q_idx, kv_idx: window_id(q_idx) == window_id(kv_idx)
+    def mask_mod(b, h, q_idx, kv_idx):
+        return window_id(q_idx) == window_id(kv_idx)
+
+    def check_sizes(B, H, N_q, N_k):
+        if N_q != height * width or N_k != height * width:
+            raise ValueError(
+                f"swin_window_mask_mod was made for a {height} x {width} map ({height * width} tokens), "
+                f"but the block mask is for N_q={N_q}, N_k={N_k} tokens"
+            )
+
+    return _with_size_check(mask_mod, check_sizes)
 
 
 def bigbird_mask_mod(categories: torch.Tensor, block_size: int, *, causal: bool = False) -> MaskMod:
@@ -364,17 +504,40 @@ def bigbird_mask_mod(categories: torch.Tensor, block_size: int, *, causal: bool 
 
     Query ``i`` sees key ``j`` iff block ``(i // block_size, j // block_size)`` is visible for the
     head (global, window or random), and ``j <= i`` if causal. The table is ``O((N / block)^2)``.
+    It is for ``N`` tokens with ``ceil(N / block_size) = nb``; a table with ``H > 1`` heads needs
+    the block mask built with that ``H``.
     """
+    if not isinstance(categories, torch.Tensor):
+        raise TypeError(f"categories must be a torch.Tensor of shape (H, nb, nb), got {type(categories).__name__}")
+    if categories.dtype.is_floating_point or categories.dtype.is_complex:
+        raise TypeError(f"categories must be an integer tensor (0 = not visible), got {categories.dtype}")
+    if categories.ndim != 3 or categories.shape[-1] != categories.shape[-2] or 0 in categories.shape:
+        raise ValueError(f"categories must have shape (H, nb, nb) with H, nb >= 1, got {tuple(categories.shape)}")
+    check_positive_int("block_size", block_size)
+    check_flag("causal", causal)
     visible = categories > 0  # (H, nb, nb)
+    heads, nb = visible.shape[0], visible.shape[-1]
 
     def mask_mod(b, h, q_idx, kv_idx):
-        heads = h.flatten() if visible.shape[0] > 1 else torch.zeros_like(h).flatten()
-        table = visible[heads]  # (H_m, nb, nb)
+        head = h.flatten() if heads > 1 else torch.zeros_like(h).flatten()
+        table = visible[head]  # (H_m, nb, nb)
         allowed = table[:, q_idx.flatten() // block_size][:, :, kv_idx.flatten() // block_size]  # (H_m, b_q, keys)
         allowed = allowed.unsqueeze(0)  # (1, H_m, b_q, keys)
         return allowed & (kv_idx <= q_idx) if causal else allowed
 
-    return mask_mod
+    def check_sizes(B, H, N_q, N_k):
+        if math.ceil(N_q / block_size) != nb or math.ceil(N_k / block_size) != nb:
+            raise ValueError(
+                f"categories covers {nb} blocks of {block_size} tokens ({(nb - 1) * block_size + 1} to "
+                f"{nb * block_size} tokens), but the block mask is for N_q={N_q}, N_k={N_k}"
+            )
+        if heads > 1 and H != heads:
+            raise ValueError(
+                f"categories has {heads} heads (a pattern per head), but the block mask is built with H={H}: "
+                f"build it with H={heads}"
+            )
+
+    return _with_size_check(mask_mod, check_sizes)
 
 
 def bigbird_block_mask(N: int, *, block_size: int = 64, num_random_blocks: int = 3, num_heads: int = 1,
@@ -388,6 +551,10 @@ def bigbird_block_mask(N: int, *, block_size: int = 64, num_random_blocks: int =
     """
     from ..sparse.bigbird import bigbird_block_categories
 
+    check_flag("causal", causal)
+    for name, value in (("block_q", block_q), ("block_k", block_k)):
+        if value is not None:
+            check_positive_int(name, value)
     cats = bigbird_block_categories(
         N, block_size=block_size, num_random_blocks=num_random_blocks, num_heads=num_heads, causal=causal, seed=seed
     )  # (H, nb, nb)

@@ -42,7 +42,7 @@ import os
 
 import torch
 
-from .._checks import check_qkv
+from .._checks import check_flag, check_qkv, check_tensor, first_order_only
 from .block_mask import BlockMask
 from .flash import _compute_dtype, _resolve_scale, _zero_where_minus_inf
 from .ring import merge_partial
@@ -174,6 +174,29 @@ def _fold_in_(q_tile, k_wide, v_wide, allowed, acc, row_sum, row_max) -> torch.T
     return new_max
 
 
+def _finish(acc, row_sum, row_max):
+    """FA-2 Alg. 1 lines 12-13: ``(out: (B, H, M, b_q, d_v), lse: (B, H, M, b_q))``, dividing once.
+
+    A row that saw no key keeps ``acc = 0``, ``l = 0``: it gets 0 and ``lse = -inf``.
+    """
+    out = acc / torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum))  # (B, H, M, b_q, d_v)
+    return out, (row_max + torch.log(row_sum)).squeeze(-1)  # (B, H, M, b_q)
+
+
+def _attend_written_out(q_tile, k_wide, v_wide, allowed, scale: float):
+    """:func:`_attend_fused`'s result with the softmax written out (:func:`_fold_in_` from an empty state).
+
+    For the wide tiles the fused kernel cannot take: a masked NaN key is dropped here (masked
+    to ``-inf`` before the exponential), where the kernel's additive mask keeps ``NaN - inf = NaN``.
+    """
+    B, H, M, b_q, _ = q_tile.shape
+    acc = torch.zeros(B, H, M, b_q, v_wide.shape[-1], dtype=q_tile.dtype, device=q_tile.device)
+    row_sum = torch.zeros(B, H, M, b_q, 1, dtype=q_tile.dtype, device=q_tile.device)  # (B, H, M, b_q, 1)
+    row_max = torch.full_like(row_sum, float("-inf"))  # (B, H, M, b_q, 1)
+    row_max = _fold_in_(q_tile * scale, k_wide, v_wide, allowed, acc, row_sum, row_max)
+    return _finish(acc, row_sum, row_max)
+
+
 # PyTorch's fused FlashAttention kernel for CPUs, the one behind F.scaled_dot_product_attention on a
 # CPU; unlike F.scaled_dot_product_attention it also returns the logsumexp that the backward needs.
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -230,11 +253,15 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
     (:func:`_attend_fused`) and the two lists are merged by the logsumexp rule
     (:func:`attnlib.optim.ring.merge_partial`); ``fused=False``, or
     on another device: the softmax written out (:func:`_fold_in_`). Same result.
+    The fused kernel is skipped (the softmax written out instead) where it cannot give that result:
+    when ``d_v != d`` (it needs one head size), and for a masked wide tile with a NaN or infinite
+    key (its additive ``-inf`` mask would turn a masked NaN score into NaN; masking drops it).
 
     Query tiles that run together are usually neighbours (``tiles`` a range): their queries, and the
     rows of ``out`` and ``lse`` they fill, are then slices, not copies.
     """
     B, H, H_kv, N_q, N_k, d = _check_inputs(q, k, v, block_mask)
+    check_flag("fused", fused)
     scale = _resolve_scale(scale, d)
     dtype = _compute_dtype(q.dtype)
     bm = block_mask
@@ -242,7 +269,7 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
     T_q, T_k = bm.num_tiles
     d_v = v.shape[-1]
     kv_head = torch.arange(H, device=q.device) // (H // H_kv)  # (H,) query head -> key/value head
-    use_fused = fused and q.device.type == "cpu" and _FLASH_CPU is not None
+    use_fused = fused and q.device.type == "cpu" and _FLASH_CPU is not None and d_v == d
     q_tiles = _pad_tiles(q.to(dtype) if use_fused else q.to(dtype) * scale, T_q, b_q)  # (B, H, T_q, b_q, d)
     k_tiles = _pad_tiles(k.to(dtype), T_k, b_k)  # (B, H_kv, T_k, b_k, d)
     v_tiles = _pad_tiles(v.to(dtype), T_k, b_k)  # (B, H_kv, T_k, b_k, d_v)
@@ -265,7 +292,10 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
         if use_fused:
             done = None  # (out, lse) of the lists done so far, merged as chapter 15 merges across devices
             for k_wide, v_wide, allowed in wide_tiles:
-                step = _attend_fused(q_tile, k_wide, v_wide, allowed, scale)
+                # the kernel's additive mask gives NaN + (-inf) = NaN for a masked NaN key: finite keys only
+                finite = allowed is None or bool(torch.isfinite(k_wide).all())
+                attend = _attend_fused if finite else _attend_written_out
+                step = attend(q_tile, k_wide, v_wide, allowed, scale)
                 done = step if done is None else merge_partial(*done, *step)
             out[:, :, rows], lse[:, :, rows] = done
             continue
@@ -274,11 +304,18 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
         row_max = torch.full_like(row_sum, float("-inf"))  # (B, H, M, b_q, 1)
         for k_wide, v_wide, allowed in wide_tiles:
             row_max = _fold_in_(q_tile, k_wide, v_wide, allowed, acc, row_sum, row_max)  # Alg. 1 lines 8-10
-        # Alg. 1 lines 12-13: divide once; a row that saw no key keeps acc = 0, l = 0 -> 0, lse = -inf
-        out[:, :, rows] = acc / torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum))
-        lse[:, :, rows] = (row_max + torch.log(row_sum)).squeeze(-1)  # (B, H, M, b_q)
+        out[:, :, rows], lse[:, :, rows] = _finish(acc, row_sum, row_max)  # Alg. 1 lines 12-13
     out = out.flatten(2, 3)[:, :, :N_q].to(q.dtype)  # (B, H, N_q, d_v)
     return out, lse.flatten(2, 3)[:, :, :N_q].contiguous()  # (B, H, N_q)
+
+
+def _check_saved(name: str, x, shape: tuple, legend: str, device) -> None:
+    """``x`` must be a floating tensor of ``shape`` on ``device`` (``out``, ``dout``, ``lse`` of the backward)."""
+    check_tensor(name, x)
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {legend} = {shape} (from q and v), got {tuple(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"{name} must be on the device of q ({device}), got {x.device}")
 
 
 def block_sparse_backward_torch(q, k, v, out, lse, dout, block_mask: BlockMask, *, scale: float | None = None):
@@ -287,12 +324,16 @@ def block_sparse_backward_torch(q, k, v, out, lse, dout, block_mask: BlockMask, 
     Uses the transposed lists (``full_q_indices``, ``q_indices``): each key tile gathers the
     query tiles that see it, so ``dK_j, dV_j`` are finished in one step; ``dQ`` is accumulated
     in memory (``index_put_`` with ``accumulate=True``), as FA-2's Alg. 2 accumulates it.
+    ``out: (B, H, N_q, d_v)`` and ``lse: (B, H, N_q)`` are the forward's, ``dout`` is shaped as ``out``.
     """
     B, H, H_kv, N_q, N_k, d = _check_inputs(q, k, v, block_mask)
     scale = _resolve_scale(scale, d)
     dtype = _compute_dtype(q.dtype)
     G = H // H_kv
     d_v = v.shape[-1]
+    _check_saved("out", out, (B, H, N_q, d_v), "(B, H, N_q, d_v)", q.device)
+    _check_saved("dout", dout, (B, H, N_q, d_v), "(B, H, N_q, d_v)", q.device)
+    _check_saved("lse", lse, (B, H, N_q), "(B, H, N_q)", q.device)
     bm = block_mask
     b_q, b_k = bm.block_q, bm.block_k
     T_q, T_k = bm.num_tiles
@@ -360,7 +401,7 @@ class BlockSparseAttentionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("block_sparse_attention")
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = block_sparse_backward_torch(q, k, v, out, lse, dout, ctx.block_mask, scale=ctx.scale)
@@ -406,7 +447,7 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, scale: float | Non
             and ``"triton"`` force one.
 
     Returns:
-        ``(B, H, N_q, d_v)`` in the dtype of ``q``.
+        ``(B, H, N_q, d_v)`` in the dtype of ``q``. Double backward is not supported (a clear error).
     """
     _check_inputs(q, k, v, block_mask)
     if not isinstance(backend, str) or backend not in BACKENDS:
@@ -434,7 +475,12 @@ def bigbird_flash_attention(
     """
     from .block_mask import bigbird_block_mask
 
-    N, H = q.shape[-2], q.shape[1]
+    B, H, H_kv, N, N_k, d = check_qkv(q, k, v)
+    if N_k != N:
+        raise ValueError(
+            f"bigbird_flash_attention is self-attention: q and k must have one length, got N_q={N}, N_k={N_k}"
+        )
+    check_flag("causal", causal)
     key = (N, block_size, num_random_blocks, H, causal, seed, q.device)
     if key not in _BIGBIRD_MASKS:
         _BIGBIRD_MASKS[key] = bigbird_block_mask(

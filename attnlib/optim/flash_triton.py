@@ -1248,10 +1248,22 @@ def _visit_counter(enabled: bool, shape, device) -> torch.Tensor:
     return torch.zeros(shape if enabled else (1,), dtype=torch.int32, device=device)
 
 
+def _check_block_sparse_inputs(q, k, v, scale) -> tuple[int, int, int, int, int, int, float]:
+    """:func:`_check_inputs` for the block-sparse kernels, with ``d_v != d`` refused first, saying what to do."""
+    check_qkv(q, k, v)
+    d, d_v = q.shape[-1], v.shape[-1]
+    if d_v != d:
+        raise ValueError(
+            f"the block-sparse Triton kernels need v's head dimension d_v = d (that of q and k), got d={d}, "
+            f"d_v={d_v}: use block_sparse_attention(..., backend='torch'), which takes any d_v"
+        )
+    return _check_inputs(q, k, v, False, scale)
+
+
 def block_sparse_unsupported_reason(q, k, v, block_mask, scale: float | None = None) -> str | None:
     """None if the block-sparse kernels take these inputs, else why not (never raises)."""
     try:
-        B, H, _, N_q, N_k, _, _ = _check_inputs(q, k, v, False, scale)
+        B, H, _, N_q, N_k, _, _ = _check_block_sparse_inputs(q, k, v, scale)
         _check_block_mask(block_mask, B, H, N_q, N_k, q.device)
     except (TypeError, ValueError, RuntimeError) as e:
         return str(e)
@@ -1267,7 +1279,8 @@ def block_sparse_forward(q, k, v, block_mask, scale: float | None = None, *, blo
     mask's (``block_m``/``block_n``, if given, must equal them). ``count_visits=True`` also returns
     ``visits: (B * H, T_q, T_k)`` int32, how often each key tile was loaded for each query tile.
     """
-    B, H, H_kv, N_q, N_k, d, scale = _check_inputs(q, k, v, False, scale)
+    B, H, H_kv, N_q, N_k, d, scale = _check_block_sparse_inputs(q, k, v, scale)
+    check_flag("count_visits", count_visits)
     _check_block_mask(block_mask, B, H, N_q, N_k, q.device, block_m, block_n)
     B_m, H_m, T_q, T_k = _mask_dims(block_mask)
     cfg = _block_sparse_config(d, q.dtype, _capability(q.device), block_mask.block_q, block_mask.block_k)
@@ -1296,7 +1309,8 @@ def block_sparse_backward(do, q, k, v, out, lse, block_mask, scale: float | None
 
     ``count_visits=True`` also returns ``(visits_dkdv: (B * H, T_k, T_q), visits_dq: (B * H, T_q, T_k))``.
     """
-    B, H, H_kv, N_q, N_k, d, scale = _check_inputs(q, k, v, False, scale)
+    B, H, H_kv, N_q, N_k, d, scale = _check_block_sparse_inputs(q, k, v, scale)
+    check_flag("count_visits", count_visits)
     _check_block_mask(block_mask, B, H, N_q, N_k, q.device)
     for name, x in (("do", do), ("out", out)):
         check_tensor(name, x, ndim=4)
@@ -1361,7 +1375,7 @@ class _BlockSparseAttentionTriton(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("block_sparse_attention_triton")
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = block_sparse_backward(dout, q, k, v, out, lse, ctx.block_mask, ctx.scale)
@@ -1373,8 +1387,9 @@ def block_sparse_attention_triton(q, k, v, block_mask, *, scale: float | None = 
 
     Equal to ``reference.attention(q, k, v, mask=block_mask.to_dense(), scale=scale)``.
     Chapter 14_block_sparse_flash; the PyTorch path is :mod:`attnlib.optim.block_sparse`.
+    ``d_v = d`` only (the PyTorch path takes any ``d_v``). Double backward is not supported.
     """
-    B, H, _, N_q, N_k, _, _ = _check_inputs(q, k, v, False, scale)
+    B, H, _, N_q, N_k, _, _ = _check_block_sparse_inputs(q, k, v, scale)
     _check_block_mask(block_mask, B, H, N_q, N_k, q.device)
     return _BlockSparseAttentionTriton.apply(q, k, v, block_mask, scale)
 
