@@ -11,7 +11,8 @@ Contract
 * :class:`MaxViTPartitionAttention2d` (``nn.Module``): ``x: (B, H, W, C) -> (B, H, W, C)``, channels
   last, one layer of either kind (``partition_type="block"`` or ``"grid"``, as timm's
   ``PartitionAttentionCl``). Weights: ``qkv`` (one fused Linear ``C -> 3C``), ``proj`` and
-  ``relative_position_bias_table`` ``((2P-1)^2, h)``, as timm's port of the official code.
+  ``relative_position_bias_table`` ``((2P-1)^2, h)``, as timm's ``RelPosBias`` (checkpoints need
+  converting: see Conventions).
 * :func:`maxvit_pattern`: the boolean ``(N, N)`` mask, for tests and figures only. The library path
   never builds an ``N x N`` matrix: scores are ``(B * nW, h, T, T)``.
 
@@ -35,6 +36,13 @@ Conventions
   asserts it; other sizes raise ``ValueError`` (MaxViT does not pad; Swin does).
 * The official code (TensorFlow) and timm use ``P = G = 7`` in every stage; ``partition_size``
   sets both here, as in timm.
+* Weights from timm: the names and shapes follow timm's ``PartitionAttentionCl`` with
+  ``RelPosBias``, but no released timm MaxViT checkpoint loads as is. The ``*_tf_*`` ports of the
+  official weights keep the table as ``(h, 2P-1, 2P-1)`` indexed by key minus query
+  (``RelPosBiasTf``); our table is ``table.flip(1, 2).permute(1, 2, 0).reshape(-1, h)``. timm's own
+  ``*_rw_*`` models use our table and index, but their fused ``qkv`` orders its output rows head
+  first (``(h, 3, d)``, ``head_first=True``) where ours are ``(3, h, d)``: permute the rows of
+  ``qkv.weight`` and ``qkv.bias`` before loading.
 
 Shape legend
 ------------
@@ -50,7 +58,8 @@ import functools
 import torch
 from torch import nn
 
-from .._checks import check_positive_int, check_qkv
+from .._checks import check_flag, check_positive_int, check_qkv, resolve_scale
+from .._vision_checks import check_batch, check_like_module
 from .windows import (
     GatherPlan,
     additive_bias_and_mask,
@@ -134,15 +143,16 @@ def _partition_attention(
     _check_partition(height, width, partition_type, partition_size)
     if height * width != N:
         raise ValueError(f"q must have N = height * width = {height} * {width} = {height * width} tokens, got {N}")
+    scale = resolve_scale(scale, d**-0.5)
+    check_flag("fused", fused)
     plan = maxvit_plan(height, width, partition_type, partition_size)
     additive = None
     if relative_position_bias_table is not None:
-        check_bias_table(relative_position_bias_table, h, partition_size)
+        check_bias_table(relative_position_bias_table, h, partition_size, device=q.device)
         index = relative_position_index(partition_size, device=q.device)  # (T, T)
         compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         bias = relative_position_bias(relative_position_bias_table, index)  # (h, T, T)
         additive = additive_bias_and_mask(bias, None, h, compute_dtype, q.device)  # (1, h, T, T)
-    scale = d**-0.5 if scale is None else scale
 
     def grouped(t):  # (B, h, N, d) -> (B, nW, h, T, d)
         return to_groups(t.transpose(1, 2).reshape(B, N, h * d), plan).unflatten(-1, (h, d)).transpose(2, 3)
@@ -223,6 +233,8 @@ class MaxViTPartitionAttention2d(nn.Module):
         if partition_type not in PARTITION_TYPES:
             raise ValueError(f"partition_type must be one of {PARTITION_TYPES}, got {partition_type!r}")
         check_positive_int("partition_size", partition_size)
+        check_flag("qkv_bias", qkv_bias)
+        check_flag("fused", fused)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.partition_type, self.partition_size = partition_type, partition_size
         self.scale = self.head_dim**-0.5
@@ -235,6 +247,8 @@ class MaxViTPartitionAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels_last("x", x, self.dim)
+        check_batch("x", x)
+        check_like_module("x", x, self)
         B, H, W, C = x.shape
         plan = maxvit_plan(H, W, self.partition_type, self.partition_size)  # ValueError if P or G does not fit
         compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -31,11 +31,20 @@ Conventions, as in the official code (microsoft/Swin-Transformer, ``SwinTransfor
 * The shift mask labels the rolled map with 3 x 3 regions, cut at ``-M`` and ``-s`` along each
   side (``h_slices``/``w_slices``); two pixels of a window may attend to each other iff they carry
   the same label (:func:`swin_region_labels`). The official code adds -100 to masked scores; we
-  mask them exactly (lowest finite score), the same up to ``exp(-100)``.
+  mask them exactly (``-inf`` by masked_fill, as ``reference.attention``). The two agree up to
+  ``exp(-100)`` only while every masked score stays well below 100 above the allowed ones: with
+  large activations they do not (a randomly initialized layer fed inputs scaled by 12 can put
+  over 99% of a row's weight on masked pixels under the -100 mask).
 * Sides that are not multiples of ``M`` are padded at the bottom and right with zeros, then the
   output is cropped (the official detection code pads first, then rolls the padded map; so do we).
   The official code lets the zero-padded pixels be attended to as keys; we mask them out, so that
   a real pixel sees real pixels only and the result equals dense attention on the ``H x W`` map.
+  timm (1.0.31, ``swin_transformer.py``) rolls first and then pads, with a mask built as if it
+  had padded first, so on padded maps its output differs from this order (by about 0.6;
+  timm issue #2438). On maps that are multiples of ``M`` the orders agree.
+* A query row whose every allowed score is ``-inf`` (they overflowed) gives zeros, and a NaN or
+  infinite key reaches only the rows that may attend to it, as in ``reference.attention``.
+  Padding slots hold zeros, never a copy of a real pixel.
 * When the map is no larger than the window (``min(H, W) <= M``) the official code does not
   partition: the window becomes ``min(H, W)`` and the shift is dropped (:func:`swin_window_and_shift`).
   Given ``input_resolution``, the module does this at construction, as the official code does, so its
@@ -58,7 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_positive_int, check_qkv
+from .._checks import check_flag, check_positive_int, check_qkv, resolve_scale
+from .._vision_checks import check_batch, check_like_module
 from .windows import (
     GatherPlan,
     additive_bias_and_mask,
@@ -168,9 +178,12 @@ def swin_plan(height: int, width: int, window: int, shift: int) -> tuple[GatherP
 
     The plan is :func:`_shift_pad_partition` applied to the token numbers (padding = -1), so that
     one ``index_select`` does pad, roll and partition, and one more undoes them (and crops).
-    A key is blocked if it has another region label (the shift mask) or is padding. Computed
-    once per map size and cached, like the official ``attn_mask`` buffer.
+    A key is blocked if it has another region label (the shift mask) or is padding. A padding
+    query (its output is dropped) attends to itself only: no row is ever fully masked, and no real
+    value reaches a padding row. Computed once per map size and cached, like the official
+    ``attn_mask`` buffer. ``window`` and ``shift`` are clipped as :func:`swin_window_and_shift`.
     """
+    window, shift = swin_window_and_shift(height, width, window, shift)
     tokens = torch.arange(height * width).view(height, width, 1)  # (H, W, 1) token numbers
     token_map = _shift_pad_partition(tokens, window, shift, pad_value=-1)  # (nW, T, 1)
     plan = gather_plan(token_map[..., 0])
@@ -178,8 +191,10 @@ def swin_plan(height: int, width: int, window: int, shift: int) -> tuple[GatherP
         return plan, None
     labels = swin_region_labels(height, width, window, shift)  # (Hp, Wp), on the rolled map
     label_windows = block_partition(labels[..., None], window)[..., 0]  # (nW, T)
-    real_keys = plan.real.view(plan.num_groups, 1, plan.group_tokens)  # (nW, 1, T)
-    blocked = (label_windows[:, :, None] != label_windows[:, None, :]) | ~real_keys  # (nW, T, T)
+    real = plan.real.view(plan.num_groups, plan.group_tokens)  # (nW, T)
+    blocked = (label_windows[:, :, None] != label_windows[:, None, :]) | ~real[:, None, :]  # (nW, T, T)
+    only_itself = ~torch.eye(plan.group_tokens, dtype=torch.bool)  # (T, T)
+    blocked = torch.where(real[:, :, None], blocked, only_itself)  # (nW, T, T): padding queries see themselves
     return plan, blocked
 
 
@@ -222,8 +237,8 @@ def swin_attention(
         scale: multiplies ``q k^T``; default ``d ** -0.5``.
         fused: PyTorch's fused kernel inside the windows (False: the softmax written out).
 
-    Returns ``(B, h, N, d)``. Sides that are not multiples of ``M`` are padded, the padded keys
-    masked out, and the output cropped.
+    Returns ``(B, h, N, d)``. Sides that are not multiples of ``M`` are padded with zeros, the
+    padded keys masked out (``-inf``, as ``reference.attention``), and the output cropped.
     """
     B, h, h_kv, N, N_k, d = check_qkv(q, k, v)
     if h_kv != h or N_k != N:
@@ -239,8 +254,9 @@ def swin_attention(
         check_positive_int("table_window", Mt)
         if Mt < M:
             raise ValueError(f"table_window must be >= the window ({M}), got {Mt}")
-        check_bias_table(relative_position_bias_table, h, Mt)
-    scale = d**-0.5 if scale is None else scale
+        check_bias_table(relative_position_bias_table, h, Mt, device=q.device)
+    scale = resolve_scale(scale, d**-0.5)
+    check_flag("fused", fused)
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     additive, plan = _bias_and_mask(relative_position_bias_table, Mt, height, width, M, s, compute_dtype, q.device)
 
@@ -258,6 +274,11 @@ class SwinWindowAttention2d(nn.Module):
     The attention of one ``SwinTransformerBlock`` of the official code (without norm, MLP and
     residual): pad, roll, partition, ``qkv``, Eq. (4) per window, ``proj``, reverse, roll back, crop.
     Use ``shift_size=0`` and ``shift_size=window_size // 2`` in alternate layers.
+
+    Built with ``input_resolution=(H, W)``, the layer clips its window and shift for that map
+    (as the official code, whose ``attn_mask`` buffer is made for it) and refuses any other map
+    size: a layer clipped for 6 x 6 (window 6, no shift) is not the layer a 14 x 14 map needs.
+    Built without it, the layer takes any size and clips the window at each call.
     """
 
     def __init__(
@@ -277,10 +298,13 @@ class SwinWindowAttention2d(nn.Module):
         if dim % num_heads != 0:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
         _check_window_and_shift(window_size, shift_size)
+        check_flag("qkv_bias", qkv_bias)
+        check_flag("fused", fused)
         if input_resolution is not None:  # the official clipping, once, at construction
             if not (isinstance(input_resolution, tuple | list) and len(input_resolution) == 2):
                 raise ValueError(f"input_resolution must be (height, width), got {input_resolution!r}")
             window_size, shift_size = swin_window_and_shift(*input_resolution, window_size, shift_size)
+            input_resolution = tuple(input_resolution)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.window_size, self.shift_size = window_size, shift_size
         self.input_resolution = input_resolution
@@ -294,7 +318,15 @@ class SwinWindowAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels_last("x", x, self.dim)
+        check_batch("x", x)
+        check_like_module("x", x, self)
         B, H, W, C = x.shape
+        if self.input_resolution is not None and (H, W) != self.input_resolution:
+            raise ValueError(
+                f"this layer was built for input_resolution={self.input_resolution} (its window and shift are "
+                f"clipped for that map), got a {H} x {W} map; build one with input_resolution=({H}, {W}), or "
+                f"with input_resolution=None to clip at each call"
+            )
         M, s = swin_window_and_shift(H, W, self.window_size, self.shift_size)
         compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         additive, plan = _bias_and_mask(
