@@ -279,7 +279,7 @@ def test_deformable_attention_with_zero_bias_is_softmax_attention():
         (lambda: DeformableAttention(32, 4, 16, 16, n_groups=3), ValueError, "num_heads must be divisible by n_groups"),
         (lambda: DeformableAttention(32, 4, 16, 6, stride=8), ValueError, "stride must be at most"),
         (lambda: DeformableAttention(32, 4, 16, 16, offset_kernel_size=4), ValueError, "must be odd"),
-        (lambda: DeformableAttention(32, 4, 16, 16, offset_range_factor=0), ValueError, "must be > 0"),
+        (lambda: DeformableAttention(32, 4, 16, 16, offset_range_factor=0), ValueError, "must be positive"),
         (lambda: DeformableAttention(32, 4, 16, 16, offset_range_factor="2"), TypeError, "must be a number"),
         (lambda: DeformableAttention(32, 4, 0, 16), ValueError, "height must be a positive int"),
         (lambda: make_block(8, 2, 8, 8, stride=4)(torch.zeros(8, 8, 8)), ValueError, "x must have 4 dimensions"),

@@ -63,7 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_flag, check_positive_int, check_tensor, resolve_scale
+from .._vision_checks import check_batch, check_like_module, check_positive_finite, check_query_key_value
 
 # Query chunks handed to grid_sample as batch entries (it parallelizes over its batch axis only).
 _BIAS_CHUNKS = 8
@@ -96,8 +97,23 @@ def reference_points(rows: int, cols: int, *, dtype=torch.float32, device=None) 
     return torch.stack((grid_y, grid_x), dim=-1)  # (rows, cols, 2)
 
 
+def _coordinate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Coordinates and sampling run in float32 for half-precision input (float64 stays float64).
+
+    In half precision a normalized coordinate carries about 3 significant digits: a point of a
+    56 x 56 map would land up to a few hundredths of a pixel off. (On the CPU, ``grid_sample`` in
+    float16 on a strided view also returns non-finite samples, and complex views do not exist
+    for bfloat16.)
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def bounded_offsets(raw: torch.Tensor, offset_range_factor: float) -> torch.Tensor:
     """Eq. (6)'s offsets, bounded: raw ``(..., 2, Hk, Wk)`` -> ``s tanh(raw) (1/Hk, 1/Wk)``, ``(..., Hk, Wk, 2)``."""
+    check_tensor("raw", raw)
+    if raw.ndim < 3 or raw.shape[-3] != 2:
+        raise ValueError(f"raw must be (..., 2, Hk, Wk): the offsets in y and x, got shape {tuple(raw.shape)}")
+    check_positive_finite("offset_range_factor", offset_range_factor)
     Hk, Wk = raw.shape[-2:]
     offset_range = torch.tensor([1.0 / Hk, 1.0 / Wk], dtype=raw.dtype, device=raw.device)  # (2,)
     return raw.movedim(-3, -1).tanh() * offset_range * offset_range_factor  # (..., Hk, Wk, 2)
@@ -107,8 +123,24 @@ def sample_at(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Eq. (7): bilinear sampling of ``(Bg, Cg, H, W)`` features at ``(Bg, Hk, Wk, 2)`` normalized ``(y, x)``.
 
     Returns ``(Bg, Cg, Hk, Wk)``. ``align_corners=True`` and zero padding, as the official code.
+    Half-precision input is sampled in float32 and rounded once at the end.
     """
-    return F.grid_sample(features, positions.flip(-1), mode="bilinear", align_corners=True)  # (Bg, Cg, Hk, Wk)
+    check_tensor("features", features, ndim=4)
+    check_tensor("positions", positions, ndim=4)
+    if positions.shape[0] != features.shape[0] or positions.shape[-1] != 2:
+        raise ValueError(
+            f"positions must be (Bg, Hk, Wk, 2) with Bg = {features.shape[0]} (the batch of features) and "
+            f"normalized (y, x) pairs last, got shape {tuple(positions.shape)}"
+        )
+    if positions.dtype != features.dtype:
+        raise TypeError(f"positions must have the dtype of features ({features.dtype}), got {positions.dtype}")
+    if positions.device != features.device:
+        raise ValueError(f"positions must be on the device of features ({features.device}), got {positions.device}")
+    work = _coordinate_dtype(features.dtype)
+    sampled = F.grid_sample(
+        features.to(work), positions.to(work).flip(-1), mode="bilinear", align_corners=True
+    )  # (Bg, Cg, Hk, Wk)
+    return sampled.to(features.dtype)
 
 
 def bilinear_weights(positions: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -118,6 +150,11 @@ def bilinear_weights(positions: torch.Tensor, height: int, width: int) -> torch.
     (at most four non-zero, summing to 1 inside the map; fewer outside, which reads zeros).
     ``sample_at(f, p)`` equals ``bilinear_weights(p) @ f`` per channel. For figures and tests.
     """
+    check_tensor("positions", positions)
+    if positions.ndim < 1 or positions.shape[-1] != 2:
+        raise ValueError(f"positions must be (..., 2): normalized (y, x) pairs, got shape {tuple(positions.shape)}")
+    check_positive_int("height", height)
+    check_positive_int("width", width)
     py = (positions[..., 0] + 1) / 2 * (height - 1)  # (..., Ns) pixel rows, align_corners=True
     px = (positions[..., 1] + 1) / 2 * (width - 1)  # (..., Ns)
     y0, x0 = py.floor(), px.floor()
@@ -144,9 +181,35 @@ def relative_position_bias(
 
     Returns ``(B, nh, N, Ns)``; head ``m`` reads its group's points ``m // (nh / g)``.
     As the official code: ``grid_sample(rpe_table, (query - point) / 2, align_corners=True)``.
+    Computed in the dtype of ``positions``, float32 for half precision (the table is cast to it).
     """
+    check_tensor("rpe_table", rpe_table, ndim=3)
+    check_tensor("query_positions", query_positions)
+    check_tensor("positions", positions, ndim=4)
+    if query_positions.ndim < 1 or query_positions.shape[-1] != 2 or query_positions.numel() == 0:
+        raise ValueError(
+            f"query_positions must be (..., 2): normalized (y, x) pairs, got shape {tuple(query_positions.shape)}"
+        )
+    if positions.shape[-1] != 2 or 0 in positions.shape:
+        raise ValueError(f"positions must be (B, g, Ns, 2), none empty, got shape {tuple(positions.shape)}")
+    if query_positions.dtype != positions.dtype:
+        raise TypeError(
+            f"query_positions must have the dtype of positions ({positions.dtype}), got {query_positions.dtype}"
+        )
+    if not (rpe_table.device == query_positions.device == positions.device):
+        raise ValueError(
+            f"rpe_table, query_positions and positions must be on one device, got {rpe_table.device}, "
+            f"{query_positions.device} and {positions.device}"
+        )
     B, g, Ns, _ = positions.shape
     nh, table_h, table_w = rpe_table.shape
+    if nh % g != 0:
+        raise ValueError(
+            f"the heads of rpe_table ({nh}) must be a multiple of the groups of positions ({g}): "
+            "the heads of a group share its points"
+        )
+    work = _coordinate_dtype(positions.dtype)
+    rpe_table, query_positions, positions = rpe_table.to(work), query_positions.to(work), positions.to(work)
     hg, N = nh // g, query_positions.numel() // 2
     # (query - point) / 2 in (x, y) order for grid_sample, for every query and point. A pair (x, y)
     # is read as one complex number x + iy: the subtraction then runs over whole pairs (a broadcast
@@ -182,21 +245,30 @@ def deformable_attention(
     ``q: (B, nh, N, d)``, ``k, v: (B, nh, Ns, d)``, ``bias: (B, nh, N, Ns)`` or None ->
     ``(B, nh, N, d)``. The scores are ``(N, Ns)``. ``fused=True`` runs PyTorch's fused kernel
     with the bias as an additive mask; ``fused=False`` writes softmax out. Same result.
+    The bias is cast to the dtype of ``q``.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t, ndim=4)
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"q must be (B, nh, N, d) and k, v (B, nh, Ns, d) with the same B, nh and d, "
-            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    check_query_key_value(q, k, v, key_tokens="Ns")
+    if bias is not None:
+        _check_bias(bias, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), q.device)
+        bias = bias.to(q.dtype)
+    scale = resolve_scale(scale, q.shape[-1] ** -0.5)
+    check_flag("fused", fused)
     if fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)  # (B, nh, N, d)
     scores = (q * scale) @ k.transpose(-2, -1)  # (B, nh, N, Ns)
     if bias is not None:
         scores = scores + bias
     return scores.softmax(dim=-1) @ v  # (B, nh, N, d)
+
+
+def _check_bias(bias, target: tuple[int, int, int, int], device) -> None:
+    """``bias`` must be a floating tensor broadcastable to ``(B, nh, N, Ns)``, on ``device``."""
+    check_tensor("bias", bias)
+    padded = (1,) * (4 - bias.ndim) + tuple(bias.shape)
+    if bias.ndim > 4 or any(got not in (1, want) for got, want in zip(padded, target)):
+        raise ValueError(f"bias must be broadcastable to (B, nh, N, Ns) = {target}, got shape {tuple(bias.shape)}")
+    if bias.device != device:
+        raise ValueError(f"bias must be on the device of q ({device}), got {bias.device}")
 
 
 class _LayerNormChannels(nn.Module):
@@ -253,10 +325,8 @@ class DeformableAttention(nn.Module):
             raise ValueError(
                 f"offset_kernel_size must be odd (padding k // 2 keeps the grid), got {offset_kernel_size}"
             )
-        if isinstance(offset_range_factor, bool) or not isinstance(offset_range_factor, (int, float)):
-            raise TypeError(f"offset_range_factor must be a number, got {type(offset_range_factor).__name__}")
-        if not offset_range_factor > 0:
-            raise ValueError(f"offset_range_factor must be > 0, got {offset_range_factor!r}")
+        check_positive_finite("offset_range_factor", offset_range_factor)
+        check_flag("use_pe", use_pe)
         if stride > height or stride > width:
             raise ValueError(
                 f"stride must be at most the map's height and width, got stride={stride} for a {height} x {width} map"
@@ -302,21 +372,30 @@ class DeformableAttention(nn.Module):
                 f"x must be (B, H, W, C) = (B, {self.height}, {self.width}, {self.dim}) (the bias table is built "
                 f"for this map), got shape {tuple(x.shape)}"
             )
+        check_batch("x", x)
+        check_like_module("x", x, self)
 
     def _positions(self, q: torch.Tensor):
-        """Deformed points ``(B, g, Hk, Wk, 2)`` and reference grid ``(Hk, Wk, 2)`` from queries ``(B, H, W, C)``."""
+        """Deformed points ``(B, g, Hk, Wk, 2)`` and reference grid ``(Hk, Wk, 2)`` from queries ``(B, H, W, C)``.
+
+        Coordinates are float32 for half-precision input (float64 stays float64).
+        """
         B, H, W, C = q.shape
         g, Cg = self.n_groups, self.group_channels
         q_groups = q.permute(0, 3, 1, 2).reshape(B * g, Cg, H, W)  # (B*g, Cg, H, W)
         raw = self.conv_offset(q_groups)  # (B*g, 2, Hk, Wk)
         Hk, Wk = raw.shape[-2:]
-        offsets = bounded_offsets(raw, self.offset_range_factor)  # (B*g, Hk, Wk, 2), Eq. (6)
-        reference = reference_points(Hk, Wk, dtype=q.dtype, device=q.device)  # (Hk, Wk, 2)
+        work = _coordinate_dtype(q.dtype)
+        offsets = bounded_offsets(raw.to(work), self.offset_range_factor)  # (B*g, Hk, Wk, 2), Eq. (6)
+        reference = reference_points(Hk, Wk, dtype=work, device=q.device)  # (Hk, Wk, 2)
         positions = reference + offsets  # (B*g, Hk, Wk, 2)
         return positions.view(B, g, Hk, Wk, 2), reference
 
     def sampling_positions(self, x: torch.Tensor):
-        """``(positions (B, g, Hk, Wk, 2), reference (Hk, Wk, 2))``, normalized ``(y, x)``, for ``x``."""
+        """``(positions (B, g, Hk, Wk, 2), reference (Hk, Wk, 2))``, normalized ``(y, x)``, for ``x``.
+
+        In float32 for half-precision ``x`` (float64 stays float64).
+        """
         self._check_input(x)
         return self._positions(self.proj_q(x))
 
@@ -327,8 +406,8 @@ class DeformableAttention(nn.Module):
         q_map = self.proj_q(x)  # (B, H, W, C)
         positions, _ = self._positions(q_map)  # (B, g, Hk, Wk, 2)
         Hk, Wk = positions.shape[2:4]
-        x_groups = x.permute(0, 3, 1, 2).reshape(B * g, Cg, H, W)  # (B*g, Cg, H, W)
-        sampled = sample_at(x_groups, positions.flatten(0, 1))  # (B*g, Cg, Hk, Wk), Eq. (7)
+        x_groups = x.permute(0, 3, 1, 2).reshape(B * g, Cg, H, W).to(positions.dtype)  # (B*g, Cg, H, W)
+        sampled = sample_at(x_groups, positions.flatten(0, 1)).to(x.dtype)  # (B*g, Cg, Hk, Wk), Eq. (7)
         sampled = sampled.view(B, C, Hk * Wk).transpose(1, 2)  # (B, Ns, C)
         q = q_map.view(B, H * W, nh, d).transpose(1, 2)  # (B, nh, N, d)
         k = self.proj_k(sampled).view(B, -1, nh, d).transpose(1, 2)  # (B, nh, Ns, d)
@@ -347,6 +426,7 @@ class DeformableAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, *, fused: bool = True) -> torch.Tensor:
         self._check_input(x)
+        check_flag("fused", fused)
         B, H, W, C = x.shape
         q, k, v, positions = self._qkv_positions(x)
         query_positions = self._query_positions(positions)  # (N, 2)
@@ -370,13 +450,17 @@ class DeformableAttention(nn.Module):
         q, k, _, positions = self._qkv_positions(x)
         scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, nh, N, Ns)
         bias = self._bias(positions, self._query_positions(positions))
-        return (scores if bias is None else scores + bias).softmax(dim=-1)
+        return (scores if bias is None else scores + bias.to(scores.dtype)).softmax(dim=-1)
 
 
 def dat_mixer(dim: int, num_heads: int, height: int, width: int) -> DeformableAttention:
     """Registry factory: DAT deformable attention with stride ``r = 8`` and one offset group.
 
-    The setting of the first stage of the official DAT-Tiny configuration (stride 8, offset
-    kernel 9, one group) with the offset bound of the CVPR 2022 release (tanh, ``s = 2``).
+    A benchmark setting that mixes the two releases of the official code, chosen to show the
+    mechanism at high resolution. Stride 8 and offset kernel 9 (with ``C = 64`` and 2 heads in
+    the benchmark) are the first stage of DAT-Tiny in DAT++ (2023), which also drops the tanh
+    bound on the offsets. The module follows the CVPR 2022 release (tanh, ``s = 2``), whose
+    DAT-Tiny has no deformable attention in stage 1: local and shifted-window attention in
+    stages 1-2, deformable attention only in stages 3-4, there with stride ``r = 1``.
     """
     return DeformableAttention(dim, num_heads, height, width, n_groups=1, stride=8, offset_kernel_size=9)
