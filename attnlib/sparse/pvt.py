@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_flag, check_positive_int, check_tensor, resolve_scale
+from .._vision_checks import check_batch, check_like_module, check_query_key_value
 
 __all__ = [
     "check_reduction",
@@ -83,8 +84,30 @@ def reduce_map(x: torch.Tensor, sr: nn.Conv2d, norm: nn.LayerNorm) -> torch.Tens
     CPU, avoids a layout conversion that made the convolution several times slower. Like the
     convolution it floors: the last ``H mod R`` rows and ``W mod R`` columns feed no key.
     """
-    B, H, W, C = x.shape
+    if not isinstance(sr, nn.Conv2d):
+        raise TypeError(f"sr must be an nn.Conv2d (kernel = stride = R), got {type(sr).__name__}")
+    if not isinstance(norm, nn.LayerNorm):
+        raise TypeError(f"norm must be an nn.LayerNorm, got {type(norm).__name__}")
     R = sr.stride[0]
+    if (
+        sr.kernel_size != (R, R)
+        or sr.stride != (R, R)
+        or sr.padding != (0, 0)
+        or sr.groups != 1
+        or sr.dilation != (1, 1)
+    ):
+        raise ValueError(
+            f"sr must be a plain convolution with kernel = stride = R and no padding, got "
+            f"kernel_size={sr.kernel_size}, stride={sr.stride}, padding={sr.padding}, groups={sr.groups}, "
+            f"dilation={sr.dilation}"
+        )
+    check_tensor("x", x, ndim=4)
+    if x.shape[-1] != sr.in_channels:
+        raise ValueError(
+            f"x must be (B, H, W, C) with C = {sr.in_channels} (sr's input channels), got shape {tuple(x.shape)}"
+        )
+    B, H, W, C = x.shape
+    check_reduction(H, W, R)
     Hr, Wr = H // R, W // R
     cells = x[:, : Hr * R, : Wr * R].reshape(B, Hr, R, Wr, R, C)  # (B, Hr, R, Wr, R, C): drop the remainder
     cells = cells.permute(0, 1, 3, 5, 2, 4).reshape(B, Hr * Wr, C * R * R)  # (B, Nr, C*R*R): Reshape(x, R)
@@ -101,14 +124,9 @@ def sra_attention(
     ``(N, Nr)``: small because ``Nr = N / R^2``. ``fused=True`` runs PyTorch's fused kernel;
     ``fused=False`` writes softmax out (the textbook path). Both give the same result.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t, ndim=4)
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"q must be (B, nh, N, d) and k, v (B, nh, Nr, d) with the same B, nh and d, "
-            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    check_query_key_value(q, k, v, key_tokens="Nr")
+    scale = resolve_scale(scale, q.shape[-1] ** -0.5)
+    check_flag("fused", fused)
     if fused:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, nh, N, d)
     scores = (q * scale) @ k.transpose(-2, -1)  # (B, nh, N, Nr): the whole score matrix, N x N / R^2
@@ -157,9 +175,10 @@ class SpatialReductionAttention(nn.Module):
         check_positive_int("sr_ratio", sr_ratio)
         if dim % num_heads != 0:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        check_flag("qkv_bias", qkv_bias)
         self.dim, self.num_heads, self.sr_ratio = dim, num_heads, sr_ratio
         self.head_dim = dim // num_heads
-        self.scale = qk_scale or self.head_dim**-0.5
+        self.scale = resolve_scale(qk_scale, self.head_dim**-0.5)  # qk_scale=0.0 is kept (not `qk_scale or ...`)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -175,6 +194,8 @@ class SpatialReductionAttention(nn.Module):
         if x.shape[-1] != self.dim:
             raise ValueError(f"x must be (B, H, W, C) with C={self.dim} channels, got shape {tuple(x.shape)}")
         check_reduction(x.shape[1], x.shape[2], self.sr_ratio)
+        check_batch("x", x)
+        check_like_module("x", x, self)
 
     def reduced_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, Nr, C)``: the tokens keys and values are computed from."""
@@ -193,6 +214,7 @@ class SpatialReductionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, *, fused: bool = True) -> torch.Tensor:
         self._check_input(x)
+        check_flag("fused", fused)
         B, H, W, C = x.shape
         q, k, v = self._qkv(x)
         out = sra_attention(q, k, v, scale=self.scale, fused=fused)  # (B, nh, N, d)
