@@ -92,15 +92,15 @@ def _draw_case(rng: random.Random, index: int, *, dtypes=DTYPES, grouped=True, c
     )
 
 
-def _inputs(case: dict):
+def _inputs(case: dict, device="cpu"):
     """``q, k, v`` (rounded to the dtype, leaves with gradients) and an upstream gradient ``dout``."""
     g = torch.Generator().manual_seed(case["seed"])
     B, H, H_kv, N_q, N_k, d, d_v = (case[x] for x in ("B", "H", "H_kv", "N_q", "N_k", "d", "d_v"))
     dtype = case["dtype"]
-    q = torch.randn(B, H, N_q, d, generator=g).to(dtype).requires_grad_()  # (B, H, N_q, d)
-    k = torch.randn(B, H_kv, N_k, d, generator=g).to(dtype).requires_grad_()  # (B, H_kv, N_k, d)
-    v = torch.randn(B, H_kv, N_k, d_v, generator=g).to(dtype).requires_grad_()  # (B, H_kv, N_k, d_v)
-    dout = torch.randn(B, H, N_q, d_v, generator=g).to(dtype)  # (B, H, N_q, d_v)
+    q = torch.randn(B, H, N_q, d, generator=g).to(device, dtype).requires_grad_()  # (B, H, N_q, d)
+    k = torch.randn(B, H_kv, N_k, d, generator=g).to(device, dtype).requires_grad_()  # (B, H_kv, N_k, d)
+    v = torch.randn(B, H_kv, N_k, d_v, generator=g).to(device, dtype).requires_grad_()  # (B, H_kv, N_k, d_v)
+    dout = torch.randn(B, H, N_q, d_v, generator=g).to(device, dtype)  # (B, H, N_q, d_v)
     return q, k, v, dout
 
 
@@ -211,7 +211,7 @@ def _triton_flash(case, q, k, v):
 def _run_block_sparse(backend):
     def run(case, q, k, v):
         mask = _block_sparse_reference_mask(case)  # (H, N_q, N_k); causal is part of the pattern
-        block_mask = bmk.block_mask_from_dense(mask, block_q=case["block_q"], block_k=case["block_k"])
+        block_mask = bmk.block_mask_from_dense(mask, block_q=case["block_q"], block_k=case["block_k"]).to(q.device)
         return block_sparse_attention(q, k, v, block_mask, backend=backend)
 
     return run
@@ -267,37 +267,42 @@ TRITON_KERNELS = {"flash_attention[triton]", "block_sparse_attention[triton]"}
 
 
 @functools.cache
-def _triton_available() -> bool:
-    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
-        return False
+def _triton_device() -> str | None:
+    """Where the Triton kernels run: a CUDA GPU, the CPU under Triton's interpreter, or None (skipped)."""
     try:
-        import attnlib.optim.flash_triton  # noqa: F401
+        from attnlib.optim import flash_triton  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return None
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
 
 
 def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """``max |got - want| / max(max |want|, 1)``: see the tolerances above."""
-    error = (got.double() - want).abs().max().item()
+    error = (got.detach().cpu().double() - want).abs().max().item()
     return error / max(want.abs().max().item(), 1.0)
 
 
 def _reference(case, q, k, v, dout, mask):
-    leaves = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    """Output and gradients of ``reference.attention`` in float64 on the CPU, from the kernel's inputs."""
+    leaves = [x.detach().cpu().double().requires_grad_() for x in (q, k, v)]
     if mask is None:
         out = attention(*leaves, causal=case["causal"])
     else:
         out = attention(*leaves, mask=mask)
-    grads = torch.autograd.grad(out, leaves, dout.double())
+    grads = torch.autograd.grad(out, leaves, dout.cpu().double())
     return out.detach(), grads
 
 
 @pytest.mark.parametrize("kernel, case", _all_cases())
 def test_kernel_matches_float64_reference(kernel, case):
-    if kernel in TRITON_KERNELS and not _triton_available():
-        pytest.skip("the Triton kernels need triton, and a GPU or TRITON_INTERPRET=1")
-    q, k, v, dout = _inputs(case)
+    device = "cpu"
+    if kernel in TRITON_KERNELS:
+        device = _triton_device()
+        if device is None:
+            pytest.skip("the Triton kernels need triton, and a GPU or TRITON_INTERPRET=1")
+    q, k, v, dout = _inputs(case, device)
     if kernel == "lsh_attention":
         return _check_reformer(case, q, v, dout)
     run, reference_mask, _ = KERNELS[kernel]
