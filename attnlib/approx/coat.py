@@ -42,7 +42,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_flag, check_positive_int, check_tensor, resolve_scale
+from .._vision_checks import check_batch, check_float_dtype, check_like_module
 
 __all__ = [
     "factorized_attention",
@@ -69,7 +70,16 @@ def factorized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, s
         raise ValueError(f"k and v must have the same number of tokens, got k {k.shape[2]}, v {v.shape[2]}")
     if q.shape[3] != k.shape[3]:
         raise ValueError(f"q and k must have the same head dimension, got q {q.shape[3]}, k {k.shape[3]}")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got q {q.device}, k {k.device}, v {v.device}")
+    if 0 in q.shape or 0 in k.shape or 0 in v.shape:
+        raise ValueError(
+            f"q, k, v must have at least one batch element, head, token and channel (at least one token "
+            f"for the softmax over tokens), got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    scale = resolve_scale(scale, q.shape[-1] ** -0.5)
     k_softmax = k.softmax(dim=-2)  # (B, h, N, d): softmax over the tokens
     context = k_softmax.transpose(-2, -1) @ v  # (B, h, d, d_v)
     return scale * (q @ context)  # (B, h, N, d_v), Eq. (2)
@@ -98,6 +108,11 @@ def _check_window(window, num_heads: int) -> dict[int, int]:
     if sum(window.values()) != num_heads:
         raise ValueError(f"window's head splits must sum to num_heads={num_heads}, got {window!r}")
     return dict(window)
+
+
+def _check_prefix(num_prefix_tokens) -> None:
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens not in (0, 1):
+        raise ValueError(f"num_prefix_tokens must be 0 or 1 (a class token), got {num_prefix_tokens!r}")
 
 
 def _check_size(size) -> tuple[int, int]:
@@ -132,8 +147,14 @@ class ConvRelPosEnc(nn.Module):
 
     def convolve_values(self, v_img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """``DepthwiseConv2D(P, V)`` on image tokens: ``(B, h, H W, d) -> (B, h, H W, d)``."""
+        H, W = _check_size(size)
+        check_tensor("v_img", v_img, ndim=4)
+        if tuple(v_img.shape[1:]) != (self.num_heads, H * W, self.head_dim):
+            raise ValueError(
+                f"v_img must be (B, h={self.num_heads}, H*W={H * W}, d={self.head_dim}) for size=({H}, {W}), "
+                f"got shape {tuple(v_img.shape)}"
+            )
         B, h, N_img, d = v_img.shape
-        H, W = size
         v_map = v_img.transpose(2, 3).reshape(B, h * d, H, W)  # (B, h d, H, W): head-major channels
         pieces = torch.split(v_map, self.channel_splits, dim=1)  # heads grouped by kernel size
         conv_v = torch.cat([conv(piece) for conv, piece in zip(self.conv_list, pieces)], dim=1)  # (B, h d, H, W)
@@ -142,6 +163,7 @@ class ConvRelPosEnc(nn.Module):
     def forward(self, q: torch.Tensor, v: torch.Tensor, size, *, num_prefix_tokens: int = 1) -> torch.Tensor:
         """``q, v: (B, h, N, d)`` with ``N = num_prefix_tokens + H W``; returns ``EV^: (B, h, N, d)``."""
         H, W = _check_size(size)
+        _check_prefix(num_prefix_tokens)
         check_tensor("q", q, ndim=4)
         check_tensor("v", v, ndim=4)
         if q.shape != v.shape or q.shape[1] != self.num_heads or q.shape[3] != self.head_dim:
@@ -175,6 +197,7 @@ class FactorAttConvRelPosEnc(nn.Module):
         check_positive_int("num_heads", num_heads)
         if dim % num_heads != 0:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        check_flag("qkv_bias", qkv_bias)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -183,6 +206,9 @@ class FactorAttConvRelPosEnc(nn.Module):
 
     def qkv_heads(self, x: torch.Tensor):
         """``x: (B, N, C)`` -> ``q, k, v``, each ``(B, h, N, d)``."""
+        check_tensor("x", x, ndim=3)
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x must have C={self.dim} channels in its last dimension, got shape {tuple(x.shape)}")
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, h, d)
         return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
@@ -201,6 +227,8 @@ class FactorAttConvRelPosEnc(nn.Module):
 
     def _check_tokens(self, x, size, num_prefix_tokens: int) -> tuple[int, int]:
         check_tensor("x", x, ndim=3)
+        check_batch("x", x)
+        check_like_module("x", x, self)
         H, W = _check_size(size)
         if x.shape[-1] != self.dim:
             raise ValueError(f"x must have C={self.dim} channels in its last dimension, got shape {tuple(x.shape)}")
@@ -230,7 +258,11 @@ class CoaTMixer2d(nn.Module):
 
     def forward(self, x: torch.Tensor, cls_token: torch.Tensor | None = None):
         check_tensor("x", x, ndim=4)
+        check_batch("x", x)
+        check_like_module("x", x, self)
         B, H, W, C = x.shape
+        if C != self.attn.dim:
+            raise ValueError(f"x must be (B, H, W, C) with C={self.attn.dim} channels, got shape {tuple(x.shape)}")
         tokens = x.reshape(B, H * W, C)  # (B, H W, C)
         if cls_token is None:
             self.attn._check_tokens(tokens, (H, W), 0)
@@ -238,6 +270,10 @@ class CoaTMixer2d(nn.Module):
         check_tensor("cls_token", cls_token, ndim=3)
         if cls_token.shape != (B, 1, C):
             raise ValueError(f"cls_token must have shape (B, 1, C) = {(B, 1, C)}, got {tuple(cls_token.shape)}")
+        if cls_token.device != x.device:
+            raise ValueError(f"cls_token must be on the device of x ({x.device}), got {cls_token.device}")
+        if cls_token.dtype != x.dtype:
+            raise TypeError(f"cls_token must have the dtype of x ({x.dtype}), got {cls_token.dtype}")
         out = self.attn(torch.cat([cls_token, tokens], dim=1), (H, W))  # (B, 1 + H W, C)
         return out[:, 1:].reshape(B, H, W, C), out[:, :1]  # (B, H, W, C), (B, 1, C)
 
@@ -270,8 +306,10 @@ def conv_att_mixing_matrix(
     ``(factorized + position[..., c, :, :]) @ V[..., c] + offset[..., c]`` for each channel ``c``.
     Computed in ``dtype`` (float64 by default, for figures). Small maps only: these ARE the N x N matrices.
     """
-    if num_prefix_tokens not in (0, 1):
-        raise ValueError(f"num_prefix_tokens must be 0 or 1 (a class token), got {num_prefix_tokens!r}")
+    if not isinstance(attn, FactorAttConvRelPosEnc):
+        raise TypeError(f"attn must be a FactorAttConvRelPosEnc, got {type(attn).__name__}")
+    _check_prefix(num_prefix_tokens)
+    check_float_dtype("dtype", dtype)
     H, W = attn._check_tokens(x, size, num_prefix_tokens)
     p = num_prefix_tokens
     q, k, v = (t.to(dtype) for t in attn.qkv_heads(x))  # each (B, h, N, d)

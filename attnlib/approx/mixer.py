@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int, check_tensor
+from .._vision_checks import check_batch, check_like_module
 
 __all__ = ["MlpBlock", "TokenMixing", "MixerBlock", "token_mixing_jacobian", "make_mixer"]
 
@@ -43,6 +44,7 @@ __all__ = ["MlpBlock", "TokenMixing", "MixerBlock", "token_mixing_jacobian", "ma
 def _check_map(x, num_patches: int, dim: int | None = None) -> None:
     """``x`` must be ``(B, H, W, C)`` with ``H * W == num_patches`` (and ``C == dim`` when given)."""
     check_tensor("x", x, ndim=4)
+    check_batch("x", x)
     B, H, W, C = x.shape
     if H * W != num_patches:
         raise ValueError(
@@ -60,11 +62,16 @@ class MlpBlock(nn.Module):
         super().__init__()
         check_positive_int("dim", dim)
         check_positive_int("mlp_dim", mlp_dim)
+        self.dim = dim
         self.fc1 = nn.Linear(dim, mlp_dim)  # W_1 (or W_3) and its bias
         self.act = nn.GELU()  # exact GELU
         self.fc2 = nn.Linear(mlp_dim, dim)  # W_2 (or W_4) and its bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor("x", x)
+        if x.ndim < 1 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have {self.dim} channels in its last dimension, got shape {tuple(x.shape)}")
+        check_like_module("x", x, self)
         return self.fc2(self.act(self.fc1(x)))  # (..., dim) via (..., mlp_dim)
 
 
@@ -84,6 +91,7 @@ class TokenMixing(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_map(x, self.num_patches)
+        check_like_module("x", x, self)
         B, H, W, C = x.shape
         per_channel = x.reshape(B, H * W, C).transpose(1, 2)  # (B, C, S): one row of S patches per channel
         mixed = self.mlp(per_channel)  # (B, C, S), shared across channels
@@ -115,6 +123,7 @@ class MixerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_map(x, self.token_mixing.num_patches, self.dim)
+        check_like_module("x", x, self)
         u = x + self.token_mixing(self.norm1(x))  # (B, H, W, C), Eq. (1) first line
         return u + self.channel_mixing(self.norm2(u))  # (B, H, W, C), Eq. (1) second line
 

@@ -33,7 +33,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_flag, check_positive_int, check_tensor
+from .._vision_checks import (
+    check_batch,
+    check_finite_number,
+    check_float_dtype,
+    check_like_module,
+    check_positive_finite,
+)
 
 __all__ = ["Pooling", "GroupNorm1", "PoolFormerMlp", "PoolFormerBlock", "pooling_mixing_matrix", "make_mixer"]
 
@@ -45,8 +52,11 @@ def _check_pool_size(pool_size) -> None:
 
 
 def _check_map(x, dim: int | None = None) -> None:
-    """``x`` must be a ``(B, H, W, C)`` feature map, with ``C == dim`` when given."""
+    """``x`` must be a ``(B, H, W, C)`` feature map with at least one pixel, with ``C == dim`` when given."""
     check_tensor("x", x, ndim=4)
+    check_batch("x", x)
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise ValueError(f"x must have at least one pixel (H, W >= 1), got shape {tuple(x.shape)}")
     if dim is not None and x.shape[-1] != dim:
         raise ValueError(f"x must have C={dim} channels in its last dimension, got shape {tuple(x.shape)}")
 
@@ -81,12 +91,13 @@ class GroupNorm1(nn.Module):
     def __init__(self, num_channels: int, eps: float = 1e-5):
         super().__init__()
         check_positive_int("num_channels", num_channels)
-        self.eps = eps
+        self.eps = check_positive_finite("eps", eps)
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_map(x, self.weight.shape[0])
+        check_like_module("x", x, self)
         out = F.group_norm(x.permute(0, 3, 1, 2), 1, self.weight, self.bias, self.eps)  # (B, C, H, W)
         return out.permute(0, 2, 3, 1)  # (B, H, W, C)
 
@@ -98,11 +109,14 @@ class PoolFormerMlp(nn.Module):
         super().__init__()
         check_positive_int("dim", dim)
         check_positive_int("hidden_dim", hidden_dim)
+        self.dim = dim
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU()  # exact GELU, as nn.GELU() in the official code
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_map(x, self.dim)
+        check_like_module("x", x, self)
         return self.fc2(self.act(self.fc1(x)))  # (B, H, W, C) via (B, H, W, hidden_dim)
 
 
@@ -123,8 +137,9 @@ class PoolFormerBlock(nn.Module):
     ):
         super().__init__()
         check_positive_int("dim", dim)
-        if not mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
+        check_positive_finite("mlp_ratio", mlp_ratio)
+        check_flag("use_layer_scale", use_layer_scale)
+        check_finite_number("layer_scale_init_value", layer_scale_init_value)
         self.dim = dim
         self.norm1 = GroupNorm1(dim)
         self.token_mixer = Pooling(pool_size)
@@ -137,6 +152,7 @@ class PoolFormerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_map(x, self.dim)
+        check_like_module("x", x, self)
         mixed = self.token_mixer(self.norm1(x))  # (B, H, W, C)
         x = x + (self.layer_scale_1 * mixed if self.use_layer_scale else mixed)  # Eq. (2)
         channel = self.mlp(self.norm2(x))  # (B, H, W, C)
@@ -153,6 +169,7 @@ def pooling_mixing_matrix(height: int, width: int, pool_size: int = 3, *, dtype=
     check_positive_int("height", height)
     check_positive_int("width", width)
     _check_pool_size(pool_size)
+    check_float_dtype("dtype", dtype)
     radius = pool_size // 2
     rows = torch.arange(height).repeat_interleave(width)  # (N,) row of each token
     cols = torch.arange(width).repeat(height)  # (N,) column of each token

@@ -210,12 +210,16 @@ class GatherPlan:
     inverse: torch.Tensor
     num_groups: int
     group_tokens: int
-    has_padding: bool = False
 
     @property
     def num_tokens(self) -> int:
         """``N``: the tokens of the map the plan was made for."""
         return self.inverse.numel()
+
+    @property
+    def has_padding(self) -> bool:
+        """Whether any slot is padding (``real`` is a small CPU tensor: no device round trip)."""
+        return not bool(self.real.all())
 
 
 def gather_plan(groups: torch.Tensor) -> GatherPlan:
@@ -241,8 +245,7 @@ def gather_plan(groups: torch.Tensor) -> GatherPlan:
         )
     inverse = torch.empty(tokens.numel(), dtype=torch.long)  # (N,)
     inverse[tokens] = torch.nonzero(real).flatten()
-    has_padding = not bool(real.all())
-    return GatherPlan(slots.clamp(min=0), real, inverse, groups.shape[0], groups.shape[1], has_padding)
+    return GatherPlan(slots.clamp(min=0), real, inverse, groups.shape[0], groups.shape[1])
 
 
 def _check_plan(plan) -> None:
