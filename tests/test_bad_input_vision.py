@@ -100,6 +100,7 @@ def test_padding_slots_read_zeros():
 
 
 def test_swin_gradients_stay_finite_with_padding_and_shift():
+    """Guard (it passed before the fix too): -inf masks leave no fully masked row, so no NaN gradient."""
     q, k, v = _qkv(1, 2, 35, 4, dtype=torch.float64)
     for t in (q, k, v):
         t.requires_grad_(True)
@@ -161,6 +162,7 @@ def test_module_refuses_input_of_another_dtype_and_device(name):
 
 
 def test_module_input_of_another_dtype_runs_under_autocast():
+    """Guard: the dtype check stands aside under autocast, where mixed dtypes are legitimate."""
     module = pvt.SpatialReductionAttention(8, 2, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert module(torch.zeros(1, 8, 8, 8, dtype=torch.bfloat16)).shape == (1, 8, 8, 8)
@@ -238,7 +240,10 @@ def test_bad_scale_is_refused(kernel, case):
 
 @pytest.mark.parametrize("kernel", [k for k in SCALED_KERNELS if k != "factorized_attention"])
 def test_scale_zero_is_uniform_attention(kernel):
-    """``scale=0.0`` is a scale like any other (softmax of zeros: the mean of the values seen)."""
+    """``scale=0.0`` is a scale like any other (softmax of zeros: the mean of the values seen).
+
+    Guard: the functions kept 0.0 before the fix too; only PVT's ``qk_scale`` dropped it (next tests).
+    """
     q, k, v = _qkv(_B, _H, _N, _D)
     out = SCALED_KERNELS[kernel](q, k, v, scale=0.0)
     assert not torch.allclose(out, SCALED_KERNELS[kernel](q, k, v))
