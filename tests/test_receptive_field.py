@@ -4,8 +4,9 @@ Write layer l's pattern as a boolean matrix ``A_l`` (``A_l[p, q]``: output pixel
 pixel q). Layer 2's output at p depends on the layer-1 outputs r with ``A_2[p, r]``, and each of those
 depends on the inputs q with ``A_1[r, q]``: after two layers the dependence is the boolean product
 ``A_2 A_1``, the last layer on the left. The reversed product ``A_1 A_2`` is its transpose (the
-patterns are symmetric): how many outputs one input reaches, for a stack that starts with the
-second layer. The chapters once composed in that reversed order and printed the wrong counts.
+patterns are symmetric): its row p lists the outputs that input p reaches, which is also what an
+output depends on in a stack that runs the layers in the other order. The chapters once composed
+in that reversed order and printed the wrong counts.
 
 The check is independent of the patterns: the non-zero pattern of the autograd Jacobian of a real
 stack of the library's modules (random weights, float64) must equal the network-order product, and
@@ -115,7 +116,7 @@ def test_swin_receptive_field_on_28x28_in_network_order():
     plain, shifted = swin.swin_pattern(side, side, 7, 0), swin.swin_pattern(side, side, 7, 3)
     patterns = [plain, shifted] * 3 + [plain]
     assert least_reached_after_each_layer(patterns) == [49, 49, 196, 196, 441, 441, 784]
-    # the reversed composition printed these: outputs one input reaches, for a stack starting with SW-MSA
+    # the reversed composition printed these: the outputs one input reaches (in Swin's order)
     assert least_reached_after_each_layer(patterns, reversed_order=True) == [49, 100, 196, 289, 441, 576, 784]
 
 
