@@ -31,9 +31,12 @@ Two kinds of configuration:
   registry's ``make_mixer``; ``dense`` and ``sdpa`` are then a global multi-head
   self-attention mixer of the same C and heads. ``--sizes`` are the sides of square maps.
 
-Long runs: every finished row is appended to the CSV at once (written to a temporary file,
-then renamed, so the file is never half-written); a run stopped with Ctrl-C and started again
-with the same command measures only what is missing. A configuration whose estimated memory
+Long runs: every row is written to the CSV as soon as its configuration is measured (written
+to a temporary file, then renamed, so the file is never half-written); a run stopped with Ctrl-C
+and started again with the same command measures only what is missing. A run holds a lock on its
+CSV (``flock`` on a hidden ``.NAME.lock`` beside it, removed at the end): a second run on the same
+file stops at once instead of overwriting the first one's rows. A file that is not a results file
+of this tool, or has a malformed row, is refused and left as it is. A configuration whose estimated memory
 exceeds what the machine has is recorded as ``skipped`` instead of being run.
 
 Command line::
@@ -43,7 +46,8 @@ Command line::
     python -m attnlib.bench plot results.csv --out results.png
 
 The exit status is 0 when every row was measured or skipped, 1 when a row failed, 2 for bad
-arguments and 130 when interrupted.
+arguments (an ``--out`` that is not a results file of this tool, has a malformed row or is being
+written by another run included; nothing is measured then) and 130 when interrupted.
 
 Chapter: "Introduction" (chapters/*/00_introduction.ipynb).
 """
@@ -56,6 +60,7 @@ import csv
 import ctypes
 import ctypes.util
 import datetime
+import fcntl
 import json
 import math
 import os
@@ -67,7 +72,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -80,6 +86,7 @@ __all__ = [
     "fit_slope",
     "results_path",
     "read_results",
+    "ResultsFileError",
 ]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -89,6 +96,13 @@ KINDS = ("language", "vision")
 # status: "ok", "skipped" (estimated memory too large, see error) or "error".
 CONFIG_FIELDS = ["method", "kind", "N", "side", "B", "H", "d", "C", "dtype", "device", "causal", "threads"]
 FIELDS = CONFIG_FIELDS + ["median_s", "peak_mib", "status", "error"]
+# Files written before the vision kind and the status column existed lack these; every other field is required.
+OPTIONAL_FIELDS = ("kind", "side", "C", "status")
+STATUSES = ("ok", "skipped", "error")
+
+
+class ResultsFileError(ValueError):
+    """A file is not a results file of this tool (or not a well-formed one), or another run is writing it."""
 
 
 def _synchronize(device: torch.device) -> None:
@@ -534,25 +548,40 @@ def run(
     ``options``: ``kind`` ("language" or "vision"), ``B``, ``H`` (heads), ``d`` (head dim,
     language), ``C`` (channels, vision), ``dtype``, ``device``, ``causal``, ``threads``,
     ``repeats``, ``warmup``. Sizes run in the outer loop so that all methods at one size are
-    measured close together in time. With ``out``, each row is written as soon as it is
-    measured, and rows already in ``out`` for the same configuration are kept and not measured
-    again (``resume=False`` starts the file afresh). Returns the rows of this run's configurations.
-    """
-    from tqdm.auto import tqdm
+    measured close together in time. With ``out``, each row is written as soon as its
+    configuration is measured (all its rounds), and rows already in ``out`` for the same
+    configuration are kept and not measured again (``resume=False`` starts the file afresh).
+    Returns the rows of this run's configurations.
 
+    Raises :class:`ResultsFileError` (a ``ValueError``) before measuring anything when ``out`` is
+    not a results file of this tool (left untouched), has a malformed row (when resuming), or
+    another run is writing it.
+    """
     from . import registry
 
     kind = options.get("kind", "language")
     for name in methods:
         _check_method(registry.get(name), kind)  # fail early on an unknown or unsuitable name
     configs = [_config(name, size, **options) for size in sizes for name in methods]
-    done: dict[tuple, dict] = {}
-    if out is not None:
-        out = check_writable(out)
-        if resume and out.exists():
-            done = {_key(row): row for row in _read_raw(out) if row.get("status", "ok") in ("ok", "skipped")}
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0):
+        raise ValueError(f"max_bytes must be None or a positive int (bytes), got {max_bytes!r}")
+    if out is not None:
+        out = check_writable(out)
+    with nullcontext() if out is None else results_lock(out):
+        done: dict[tuple, dict] = {}
+        if out is not None and out.exists() and out.stat().st_size > 0:
+            existing = _read_raw(out, check_rows=resume)  # refuses a file of another program, leaves it alone
+            if resume:
+                done = {_key(row): row for row in existing if read_row(row)["status"] in ("ok", "skipped")}
+        return _run_configurations(sizes, methods, options, configs, done, out, progress, timeout, max_bytes, rounds)
+
+
+def _run_configurations(sizes, methods, options, configs, done, out, progress, timeout, max_bytes, rounds):
+    """The measuring loop of :func:`run`: each row is written as soon as its configuration is done."""
+    from tqdm.auto import tqdm
+
     rows = []
     bar = tqdm(total=len(configs) * rounds, desc="bench", disable=not progress)
     for size in sizes:
@@ -561,17 +590,17 @@ def run(
         todo = [c for c in at_size if _key(c) not in done]
         bar.update(rounds * (len(at_size) - len(todo)))
         samples: dict[tuple, list[dict]] = {_key(c): [] for c in todo}
-        for _ in range(rounds):
+        for round_index in range(rounds):
             for config in todo:  # the methods take turns
                 bar.set_postfix_str(f"{config['method']} N={config['N']}")
                 samples[_key(config)].append(_measure_config(config, timeout=timeout, max_bytes=max_bytes))
                 bar.update(1)
-        for config in todo:
-            row = _combine(samples[_key(config)])
-            rows.append(row)
-            if out is not None:
-                done[_key(config)] = row
-                _write_atomically(list(done.values()), out)
+                if round_index == rounds - 1:  # this configuration is done: its row goes to disk now
+                    row = _combine(samples[_key(config)])
+                    rows.append(row)
+                    if out is not None:
+                        done[_key(config)] = row
+                        _write_atomically(list(done.values()), out)
     bar.close()
     return rows
 
@@ -594,16 +623,58 @@ def _check_method(method, kind: str) -> None:
         raise ValueError(f"method {method.name!r} has no attention kernel and cannot run with kind='language'")
 
 
+@contextmanager
+def results_lock(out: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the results file ``out`` for one run, or raise :class:`ResultsFileError`.
+
+    The lock is ``flock`` on a hidden file ``.NAME.lock`` beside ``out`` (not on ``out`` itself:
+    each write replaces ``out`` by a rename, a new file). The lock file is removed while still
+    locked at the end; a run that opened it just before checks that it locked the file that is
+    still there, and tries again otherwise. A killed run's lock ends with its process.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.with_name(f".{out.name}.lock")
+    while True:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise ResultsFileError(
+                f"another run is writing {str(out)!r} (it holds {lock_path.name}): wait until it ends, "
+                "or write to another file"
+            ) from None
+        try:
+            still_there = os.path.samestat(os.fstat(descriptor), os.stat(lock_path))
+        except FileNotFoundError:  # the run before ours removed it after we opened it
+            still_there = False
+        if still_there:
+            break
+        os.close(descriptor)
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())  # who holds it, for a person who looks
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # still locked: no other run can hold this file now
+        os.close(descriptor)
+
+
 def _write_atomically(rows: list[dict], out: Path) -> None:
     """Write every row to ``out`` through a temporary file and a rename: never half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with temporary.open("w", newline="") as handle:
-        handle.write(f"# measured {datetime.date.today().isoformat()} on {machine_description()}\n")
-        writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(temporary, out)
+    try:
+        with temporary.open("w", newline="") as handle:
+            handle.write(f"# measured {datetime.date.today().isoformat()} on {machine_description()}\n")
+            writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(temporary, out)
+    except BaseException:  # Ctrl-C while writing: the previous file stays, the temporary goes
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def write_results(rows: list[dict], out: str | Path) -> None:
@@ -611,32 +682,110 @@ def write_results(rows: list[dict], out: str | Path) -> None:
     _write_atomically(rows, Path(out))
 
 
-def _read_raw(path: str | Path) -> list[dict]:
-    with Path(path).open() as handle:
-        lines = [line for line in handle if not line.startswith("#")]
-    return list(csv.DictReader(lines))
+NOT_OURS = "is not a results file of python -m attnlib.bench"
+FIX_THE_LINE = "fix or delete that line, or measure everything again (--restart; resume=False)"
+
+
+def _read_raw(path: str | Path, *, check_rows: bool = True) -> list[dict]:
+    """The rows of a results file as text, after checking that it is one (:class:`ResultsFileError` if not).
+
+    The header must name this tool's columns; with ``check_rows`` every row must also read back
+    (:func:`read_row`). Messages name the file and the line.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ResultsFileError(f"{str(path)!r} does not exist") from None
+    except OSError as error:
+        raise ResultsFileError(f"{str(path)!r} cannot be read: {error.strerror}") from None
+    if b"\0" in data:
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        raise ResultsFileError(
+            f"{str(path)!r}, line {line} holds a NUL byte, which no results file of python -m attnlib.bench has "
+            "(a binary file?): fix or delete that line, or choose another file"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ResultsFileError(f"{str(path)!r} {NOT_OURS}: it is not UTF-8 text") from None
+    numbered = [
+        (number, line) for number, line in enumerate(text.splitlines(keepends=True), 1) if not line.startswith("#")
+    ]
+    reader = csv.reader(line for _, line in numbered)
+    try:
+        header = next(reader, None)
+    except csv.Error as error:
+        raise ResultsFileError(f"{str(path)!r} {NOT_OURS}: {error}") from None
+    required = [field for field in FIELDS if field not in OPTIONAL_FIELDS]
+    if header is None or not set(required) <= set(header) <= set(FIELDS) or len(set(header)) != len(header):
+        found = "no header line" if header is None else f"the columns {header}"
+        raise ResultsFileError(
+            f"{str(path)!r} {NOT_OURS}: it has {found}, expected the columns {FIELDS}; "
+            "it was left as it is: choose another file"
+        )
+    rows = []
+    try:
+        for fields in reader:
+            line = numbered[reader.line_num - 1][0]
+            if not fields:  # a blank line
+                continue
+            if len(fields) != len(header):
+                raise ResultsFileError(
+                    f"{str(path)!r}, line {line} has {len(fields)} fields, expected {len(header)}: {FIX_THE_LINE}"
+                )
+            row = dict(zip(header, fields))
+            if check_rows:
+                try:
+                    read_row(row)
+                except ValueError as error:
+                    raise ResultsFileError(f"{str(path)!r}, line {line}: {error}: {FIX_THE_LINE}") from None
+            rows.append(row)
+    except csv.Error as error:
+        line = numbered[reader.line_num - 1][0]
+        raise ResultsFileError(f"{str(path)!r}, line {line}: {error}: {FIX_THE_LINE}") from None
+    return rows
+
+
+def _parse(row: dict, key: str, kind: type, what: str):
+    value = row[key]
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be {what}, got {value!r}") from None
 
 
 def read_row(row: dict) -> dict:
-    """One CSV row with its numbers converted back (older files without kind/side/C/status read as language rows)."""
+    """One CSV row with its numbers converted back (older files without kind/side/C/status read as language rows).
+
+    A value that cannot be one of this tool's raises ``ValueError`` naming the column.
+    """
     row = dict(row)
-    row.setdefault("kind", "language")
+    if not row.get("kind"):
+        row["kind"] = "language"
+    if row["kind"] not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {row['kind']!r}")
+    if not row.get("method"):
+        raise ValueError(f"method must name a method, got {row.get('method')!r}")
     for key in ("N", "B", "H", "d", "threads"):
-        row[key] = int(row[key])
+        row[key] = _parse(row, key, int, "an integer")
     for key in ("side", "C"):
-        row[key] = int(row[key]) if row.get(key) not in (None, "") else None
+        row[key] = _parse(row, key, int, "an integer or empty") if row.get(key) not in (None, "") else None
+    if str(row["causal"]) not in ("True", "False"):
+        raise ValueError(f"causal must be True or False, got {row['causal']!r}")
     row["causal"] = str(row["causal"]) == "True"
     for key in ("median_s", "peak_mib"):
-        value = row[key]
-        row[key] = float(value) if value not in ("", "nan", None) else math.nan
+        row[key] = _parse(row, key, float, "a number or empty") if row[key] not in ("", None) else math.nan
     row["error"] = row.get("error") or ""
     if not row.get("status"):
         row["status"] = "error" if row["error"] else "ok"
+    if row["status"] not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {row['status']!r}")
     return row
 
 
 def read_results(path: str | Path) -> list[dict]:
-    """Rows of a CSV written by :func:`run`, numbers converted back."""
+    """Rows of a CSV written by :func:`run`, numbers converted back (:class:`ResultsFileError` for another file)."""
     return [read_row(row) for row in _read_raw(path)]
 
 
@@ -697,6 +846,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def check_figure_path(path: str | Path) -> Path:
+    """Fail before measuring if a figure cannot be saved at ``path`` (a folder, read-only, unknown format)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = check_writable(path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix and suffix not in formats:
+        raise ValueError(f"the name must end in one of {', '.join('.' + name for name in formats)}, got {path.name!r}")
+    return path
+
+
 def _size_list(text: str) -> list[int]:
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not parts:
@@ -751,7 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument(
         "--rounds", type=_positive_int, default=1, help="fresh processes per configuration, methods taking turns"
     )
-    run_parser.add_argument("--max-memory-gib", type=float, help="skip configurations estimated above this")
+    run_parser.add_argument("--max-memory-gib", type=_positive_number, help="skip configurations estimated above this")
     plot_parser = commands.add_parser("plot", help="plot a CSV written by 'run'")
     plot_parser.add_argument("csv")
     plot_parser.add_argument("--out", required=True)
@@ -773,7 +944,17 @@ def main(argv=None) -> int:
         _serve_forks()
         return 0
     if args.command == "plot":
-        plot(read_results(args.csv), out=args.out)
+        try:
+            rows = read_results(args.csv)
+        except ResultsFileError as error:
+            parser.error(f"csv: {error}")
+        if not [row for row in rows if row["status"] == "ok"]:
+            parser.error(f"csv: {args.csv!r} holds no measured row to plot")
+        try:
+            check_figure_path(args.out)
+        except ValueError as error:
+            parser.error(f"--out: {error}")
+        plot(rows, out=args.out)
         return 0
 
     kind = args.kind
@@ -796,6 +977,11 @@ def main(argv=None) -> int:
         check_writable(args.out)
     except ValueError as error:
         parser.error(f"--out: {error}")
+    if args.plot:
+        try:
+            check_figure_path(args.plot)
+        except ValueError as error:
+            parser.error(f"--plot: {error}")
     options = dict(
         kind=kind,
         B=args.batch,
@@ -815,6 +1001,8 @@ def main(argv=None) -> int:
         rows = run(
             names, sizes, out=args.out, resume=not args.restart, max_bytes=max_bytes, rounds=args.rounds, **options
         )
+    except ResultsFileError as error:  # raised before anything is measured
+        parser.error(f"--out: {error}")
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: the finished rows are in {args.out}; run the same command again to resume", file=sys.stderr
