@@ -35,13 +35,12 @@ LRA_SPEED = {
 }
 LRA_MEMORY_4K_GB = {"dense": 9.48, "bigbird": 2.88, "reformer": 2.28}
 
-# What each family keeps of softmax attention; methods not listed show "-" (see properties_table).
-EXACT_CATEGORIES = ("baseline", "computation optimization")
+# What each method gives up of softmax attention over all pairs; methods not listed show "-".
 LOSSES = {
     "dense": "nothing (the definition)",
     "sdpa": "nothing (same math, fused)",
     "flash": "nothing (same math, tiled)",
-    "falcon": "nothing in attention (multi-query shares K, V across heads)",
+    "falcon": "a key and value per head (multi-query shares one; the kernel is exact)",
     "ring": "nothing (same math, split across processes)",
     "bigbird": "global reach of most pairs (window + random + global blocks)",
     "bigbird_flash": "global reach of most pairs (BigBird's blocks)",
@@ -151,7 +150,8 @@ def properties_table(slopes: dict[str, tuple[float, float]] | None = None) -> li
                 "method": method.name,
                 "category": method.category,
                 "domain": method.domain,
-                "exact": method.category in EXACT_CATEGORIES,
+                "exact": method.exactness == "exact",
+                "exactness": method.exactness,
                 "loses": LOSSES.get(method.name, "-"),
                 "time_cost": method.time_cost,
                 "time_slope": None if slope is None else round(slope[0], 2),

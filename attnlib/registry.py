@@ -20,6 +20,15 @@ CATEGORIES = {
     "computation optimization": "計算過程の最適化",
 }
 DOMAINS = ("language", "vision", "any")
+# What a method computes, measured against softmax attention over all pairs (the comparison chapter's
+# "exact" column reads it). Only "exact" gives the dense reference's output for the same weights.
+EXACTNESS = {
+    "exact": "softmax attention over all pairs, on another schedule",
+    "restricted pattern": "softmax attention over a subset of the pairs (exact for that pattern)",
+    "derived keys": "softmax attention over fewer keys made from the input (pooled or sampled)",
+    "shared heads": "softmax attention with keys and values shared between query heads (MQA/GQA)",
+    "another mixer": "a different token mixer in attention's place",
+}
 
 
 def _resolve(path: str | None):
@@ -50,12 +59,16 @@ class Method:
     # attnlib.bench --kind vision builds the mixer with this and times it on one feature map;
     # dense and sdpa provide a global multi-head self-attention mixer of the same C and heads.
     make_mixer: str | None = None
+    # a key of EXACTNESS: what the method computes, compared with softmax attention over all pairs
+    exactness: str | None = None
 
     def __post_init__(self):
         if self.category not in CATEGORIES:
             raise ValueError(f"category must be one of {sorted(CATEGORIES)}, got {self.category!r}")
         if self.domain not in DOMAINS:
             raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
+        if self.exactness not in EXACTNESS:
+            raise ValueError(f"exactness must be one of {sorted(EXACTNESS)}, got {self.exactness!r}")
 
     def attention_fn(self) -> Callable | None:
         """The attention kernel, imported on first use."""
@@ -87,6 +100,7 @@ METHODS: list[Method] = [
         attention="attnlib.reference:attention",
         module="attnlib.reference:MultiHeadSelfAttention",
         pattern=None,
+        exactness="exact",
         chapter="00_introduction.ipynb",
         make_mixer="attnlib.reference:dense_global_mixer",
     ),
@@ -102,6 +116,7 @@ METHODS: list[Method] = [
         attention="attnlib.reference:sdpa_attention",
         module="attnlib.reference:MultiHeadSelfAttention",
         pattern=None,
+        exactness="exact",
         chapter="00_introduction.ipynb",
         make_mixer="attnlib.reference:sdpa_global_mixer",
     ),
@@ -117,6 +132,7 @@ METHODS: list[Method] = [
         attention="attnlib.sparse.bigbird:bigbird_attention",
         module="attnlib.sparse.bigbird:BigBirdSelfAttention",
         pattern="attnlib.sparse.bigbird:bigbird_pattern",
+        exactness="restricted pattern",
         chapter="05_bigbird.ipynb",
         # the paper's base ITC setting: 64-token blocks, 3 random blocks; needs N >= 449
         bench_kwargs={"block_size": 64, "num_random_blocks": 3, "seed": 0},
@@ -134,6 +150,7 @@ METHODS: list[Method] = [
         attention="attnlib.sparse.reformer:lsh_attention_qkv",
         module="attnlib.sparse.reformer:ReformerSelfAttention",
         pattern="attnlib.sparse.reformer:lsh_pattern",
+        exactness="restricted pattern",
         chapter="06_reformer.ipynb",
         # shared-QK: q is the shared query/key, k is unused; n_buckets defaults to 2 * ceil(N / 64)
         bench_kwargs={"n_hashes": 4, "chunk_size": 64, "seed": 0},
@@ -150,6 +167,7 @@ METHODS: list[Method] = [
         attention="attnlib.optim.flash:flash_attention",
         module="attnlib.reference:MultiHeadSelfAttention",
         pattern=None,
+        exactness="exact",
         chapter="10_flash_attention.ipynb",
         # the PyTorch tiles, on any device: "auto" would run the Triton kernel in Triton's (slow)
         # interpreter on a CPU where TRITON_INTERPRET=1 is set; the kernels have their own benchmark
@@ -167,6 +185,7 @@ METHODS: list[Method] = [
         attention="attnlib.optim.block_sparse:bigbird_flash_attention",
         module="attnlib.sparse.bigbird:BigBirdSelfAttention",
         pattern="attnlib.sparse.bigbird:bigbird_pattern",
+        exactness="restricted pattern",
         chapter="14_block_sparse_flash.ipynb",
         # BigBird's bench setting; the PyTorch tiles on a CPU ("auto" would pick Triton's interpreter there)
         bench_kwargs={"block_size": 64, "num_random_blocks": 3, "seed": 0, "backend": "torch"},
@@ -185,6 +204,7 @@ METHODS: list[Method] = [
         attention="attnlib.optim.flash:flash_attention",
         module="attnlib.optim.falcon:FalconForCausalLM",
         pattern=None,
+        exactness="shared heads",
         chapter="12_falcon.ipynb",
         bench_kwargs={"backend": "torch", "block_q": 256, "block_k": 512},
     ),
@@ -202,6 +222,7 @@ METHODS: list[Method] = [
         attention="attnlib.optim.ring:simulated_ring_attention",
         module="attnlib.reference:MultiHeadSelfAttention",
         pattern=None,
+        exactness="exact",
         chapter="15_ring_attention.ipynb",
         bench_kwargs={"world_size": 4, "layout": "zigzag"},
     ),
@@ -218,6 +239,7 @@ METHODS: list[Method] = [
         attention=None,
         module="attnlib.sparse.pvt:SpatialReductionAttention",
         pattern="attnlib.sparse.pvt:pvt_key_cells",
+        exactness="derived keys",
         chapter="03_pvt.ipynb",
         make_mixer="attnlib.sparse.pvt:pvt_mixer",
     ),
@@ -234,6 +256,7 @@ METHODS: list[Method] = [
         module="attnlib.sparse.swin:SwinWindowAttention2d",
         # swin_pattern(height, width, window_size, shift_size) -> (N, N)
         pattern="attnlib.sparse.swin:swin_pattern",
+        exactness="restricted pattern",
         chapter="01_swin.ipynb",
         # the shifted layer (SW-MSA), window 7, shift 3
         make_mixer="attnlib.sparse.swin:swin_mixer",
@@ -251,6 +274,7 @@ METHODS: list[Method] = [
         module="attnlib.sparse.maxvit:MaxViTPartitionAttention2d",
         # maxvit_pattern(height, width, partition_type, partition_size) -> (N, N)
         pattern="attnlib.sparse.maxvit:maxvit_pattern",
+        exactness="restricted pattern",
         chapter="02_maxvit.ipynb",
         # one grid layer, G = 7
         make_mixer="attnlib.sparse.maxvit:maxvit_mixer",
@@ -267,6 +291,7 @@ METHODS: list[Method] = [
         attention=None,
         module="attnlib.sparse.dat:DeformableAttention",
         pattern="attnlib.sparse.dat:bilinear_weights",
+        exactness="derived keys",
         chapter="04_dat.ipynb",
         make_mixer="attnlib.sparse.dat:dat_mixer",
     ),
@@ -283,6 +308,7 @@ METHODS: list[Method] = [
         attention=None,
         module="attnlib.approx.mixer:MixerBlock",
         pattern=None,
+        exactness="another mixer",
         chapter="07_mlp_mixer.ipynb",
         make_mixer="attnlib.approx.mixer:make_mixer",
     ),
@@ -298,6 +324,7 @@ METHODS: list[Method] = [
         attention=None,
         module="attnlib.approx.poolformer:PoolFormerBlock",
         pattern=None,
+        exactness="another mixer",
         chapter="08_poolformer.ipynb",
         make_mixer="attnlib.approx.poolformer:make_mixer",
     ),
@@ -313,6 +340,7 @@ METHODS: list[Method] = [
         attention=None,
         module="attnlib.approx.coat:FactorAttConvRelPosEnc",
         pattern=None,
+        exactness="another mixer",
         chapter="09_coat.ipynb",
         make_mixer="attnlib.approx.coat:make_mixer",
     ),

@@ -40,6 +40,7 @@ def test_a_method_added_to_the_registry_appears_without_touching_the_chapter(mon
         name="toy", title="A toy", category="approximation", domain="language", paper="-", url="-",
         time_cost="O(N)", memory_cost="O(N)", attention="attnlib.reference:attention",
         module="attnlib.reference:MultiHeadSelfAttention", pattern=None, chapter="13_comparison.ipynb",
+        exactness="another mixer",
     )  # fmt: skip
     monkeypatch.setattr(registry, "METHODS", [*registry.METHODS, toy])
     rows = rows_for([("dense", 1e-9, 2.0, 0.01), ("toy", 1e-6, 1.0, 0.001)])

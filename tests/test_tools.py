@@ -25,7 +25,7 @@ def test_every_registered_method_resolves_and_matches_dense_where_exact():
         attention = method.attention_fn()
         out = attention(q, k, v, **method.bench_kwargs)
         assert out.shape == q.shape and torch.isfinite(out).all(), method.name
-        if method.category in ("baseline", "computation optimization"):  # exact methods
+        if method.exactness == "exact":
             torch.testing.assert_close(out, registry.get("dense").attention_fn()(q, k, v), atol=1e-5, rtol=1e-5)
 
 
@@ -58,6 +58,20 @@ def test_survey_is_the_notes_table_1():
     assert beyond and not beyond & {name for entry in registry.SURVEY for name in entry.registry_names}
     with pytest.raises(ValueError, match="category must be one of"):
         registry.SurveyEntry("vision", ("magic",), "x", "y", ())
+
+
+def test_exactness_is_stated_per_method():
+    exact = {m.name for m in registry.METHODS if m.exactness == "exact"}
+    assert exact == {"dense", "sdpa", "flash", "ring"}
+    # Falcon runs on the exact kernel, but multi-query attention is another model
+    assert registry.get("falcon").exactness == "shared heads"
+    assert registry.get("falcon").category == "computation optimization"
+    with pytest.raises(ValueError, match="exactness must be one of"):
+        registry.Method(
+            name="x", title="x", category="approximation", domain="any", paper="-", url="-", time_cost="-",
+            memory_cost="-", attention=None, module="attnlib.reference:MultiHeadSelfAttention", pattern=None,
+            chapter="x.ipynb", exactness="close enough",
+        )  # fmt: skip
 
 
 def test_registry_errors():
