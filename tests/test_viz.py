@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from attnlib import viz
 
@@ -133,3 +134,21 @@ def test_explore_refuses_an_unknown_figure_option_before_computing():
     with pytest.raises(TypeError, match=r"unknown figure options \['colourscale'\]"):
         viz.explore(lambda x: calls.append(x) or np.eye(2), {"x": [1]}, div_id="ok", colourscale="RdBu")
     assert calls == []
+
+
+def test_heatmap_draws_an_all_true_pattern_as_attended_not_as_empty():
+    """Dense attention's pattern (all True) was drawn in the colour map's bottom colour: white in Greys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = torch.ones(6, 6, dtype=torch.bool)
+    ax = viz.heatmap(dense, cmap="Greys", colorbar=False)
+    image = ax.get_images()[0]
+    assert (image.norm.vmin, image.norm.vmax) == (0.0, 1.0)
+    assert image.cmap(image.norm(1.0))[:3] != image.cmap(image.norm(0.0))[:3]
+    assert image.cmap(image.norm(1.0))[0] < 0.1  # True is black in Greys
+    weights = viz.heatmap(torch.full((3, 3), 0.5), colorbar=False).get_images()[0]
+    assert weights.norm.vmin == weights.norm.vmax == 0.5  # a float matrix keeps its own range unless told
+    plt.close("all")

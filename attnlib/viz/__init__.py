@@ -128,11 +128,16 @@ def heatmap(
     categories: Sequence[str] | None = None,
     cmap: str = "viridis",
     colorbar: bool = True,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ):
     """Static heatmap of a ``(rows, cols)`` pattern or weight matrix; returns the Axes.
 
     With ``categories`` (names for the values 0, 1, 2, ...), the values are drawn in
-    :data:`CATEGORY_COLORS` with a legend instead of a colour bar.
+    :data:`CATEGORY_COLORS` with a legend instead of a colour bar. A boolean pattern is drawn
+    on the fixed range [0, 1] (True at the top of the colour map), so that an all-True pattern
+    (dense attention) does not come out as the bottom colour; ``vmin``/``vmax`` set the range
+    of other matrices (default: their own minimum and maximum).
     """
     import matplotlib.pyplot as plt
     import matplotlib_fontja  # noqa: F401  (registers IPAexGothic for Japanese labels)
@@ -140,7 +145,10 @@ def heatmap(
     from matplotlib.patches import Patch
 
     _check_categories(categories)
+    is_boolean = str(getattr(matrix, "dtype", "")) in ("torch.bool", "bool")  # a torch or numpy mask
     array = _as_array(matrix)
+    if is_boolean and vmin is None and vmax is None:
+        vmin, vmax = 0.0, 1.0
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 4))
     if categories is not None:
@@ -149,7 +157,7 @@ def heatmap(
         handles = [Patch(color=CATEGORY_COLORS[i], label=name) for i, name in enumerate(categories)]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     else:
-        image = ax.imshow(array, cmap=cmap, interpolation="nearest")
+        image = ax.imshow(array, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         if colorbar:
             ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     if xticklabels is not None:
