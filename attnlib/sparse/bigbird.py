@@ -40,10 +40,9 @@ The algorithm (App. D, "gather, don't mask")
   test checks this).
 * The middle blocks run in **chunks** of a few MB of gathered keys and values
   (``_CHUNK_BYTES``), not all at once. The result is the same; the point is
-  the machine: one gathered tensor for every block is hundreds of MB at 16K
-  tokens, fresh memory that the system fills page by page at every call, so
-  the time grew faster than ``N``. A small chunk is reused from call to call
-  and the peak memory drops too.
+  the machine: one gathered tensor for every block would be hundreds of MB at
+  16K tokens, fresh memory that the system fills page by page at every call.
+  A small chunk is reused from call to call and keeps the peak memory low.
 * The dense attention on those small pieces is PyTorch's fused
   ``scaled_dot_product_attention`` by default (``fused=True``); ``fused=False``
   writes the softmax out (the textbook path). Both give the same result.
@@ -146,8 +145,7 @@ WINDOW_BLOCKS = 3  # the block itself and its left and right neighbours
 GLOBAL_BLOCKS = 2  # the first and the last block
 # Gathered keys and values held at once (bytes): the middle rows run in chunks of this size.
 # A chunk this small is reused by the allocator from call to call; one tensor for all rows
-# (hundreds of MB at 16K tokens) is fresh memory every call, and filling it page by page
-# made the time grow faster than N (measured in benchmarks/results/cpu_attention.csv).
+# would be hundreds of MB at 16K tokens, fresh memory to fill page by page at every call.
 _CHUNK_BYTES = 4 << 20
 
 

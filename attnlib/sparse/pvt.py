@@ -1,8 +1,10 @@
 """PVT spatial-reduction attention (SRA): full-resolution queries, keys and values from a reduced map.
 
 Wang et al., "Pyramid Vision Transformer: A Versatile Backbone for Dense Prediction without
-Convolutions", ICCV 2021, arXiv:2102.12122, Sec. 3.3, Eq. (2)-(3); PVT v2 (arXiv:2106.13797)
-keeps the same attention. Chapter: "PVT" (chapters/*/03_pvt.ipynb).
+Convolutions", ICCV 2021, arXiv:2102.12122, Sec. 3.3, Eq. (2)-(3). PVT v2 (arXiv:2106.13797) keeps
+this attention in its main models and adds a *linear* SRA (PVT v2-li: average pooling of the keys
+and values to a fixed 7 x 7 grid), which this module does not implement. Released PVT models use
+``qkv_bias=True``. Chapter: "PVT" (chapters/*/03_pvt.ipynb).
 
 Contract
 --------

@@ -49,9 +49,10 @@ Design decisions (each one is tested)
   let a query attend to *every* key in its two chunks; we do not.
 * **Wrap-around within a round (our choice).** The first chunk of a round
   looks back at the *last* chunk of the same round (a ``torch.roll`` over the
-  round's chunks). Because the last chunk holds the highest buckets, this only
-  matters when one bucket spans the whole round (e.g. ``n_buckets = 1``:
-  attention is then a ring of blocks). With a single chunk there is no
+  round's chunks). The last chunk holds the highest buckets, so with many
+  chunks this only matters when one bucket spans the whole round (e.g.
+  ``n_buckets = 1``: attention is then a ring of blocks). With two chunks the
+  roll makes each chunk's window the whole round. With a single chunk there is no
   "previous" chunk: the window is the chunk itself (never the same keys twice).
   The authors' code does not do this. trax's ``look_adjacent`` rolls over the
   chunks of *all* rounds laid end to end, so the first chunk of round ``r``

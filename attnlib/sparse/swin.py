@@ -348,5 +348,5 @@ class SwinWindowAttention2d(nn.Module):
 
 
 def swin_mixer(dim: int, num_heads: int, height: int, width: int) -> SwinWindowAttention2d:
-    """Registry factory: the shifted layer (SW-MSA, the costlier of the pair: it masks), window 7, shift 3."""
+    """Registry factory: the shifted layer (SW-MSA: the regular layer plus a roll and a mask), window 7, shift 3."""
     return SwinWindowAttention2d(dim, num_heads, window_size=7, shift_size=3, input_resolution=(height, width))
