@@ -166,3 +166,25 @@ def test_figure_data_in_the_pages_has_at_most_four_significant_digits(name, lang
                     f"{language}/{name}: a figure stores {worst} ({significant_digits(worst)} significant digits); "
                     "draw it with attnlib.viz (which rounds) and rebuild the chapter"
                 )
+
+
+def test_keep_outputs_copies_outputs_only_when_the_code_is_unchanged(tmp_path):
+    """`nbbuild --keep-outputs` (prose-only edits) keeps stored outputs, and refuses a changed code cell."""
+    import nbformat
+
+    blocks = nbbuild.parse_source("%% en\n# T\n%% ja\n# T\n%% code\nprint(1)\n")
+    stored = nbbuild.make_notebook("t", blocks, "en")
+    stored.cells[-1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    path = tmp_path / "t.ipynb"
+    nbformat.write(stored, path)
+
+    prose_edit = nbbuild.make_notebook(
+        "t", nbbuild.parse_source("%% en\n# T, edited\n%% ja\n# T\n%% code\nprint(1)\n"), "en"
+    )
+    nbbuild.keep_outputs(prose_edit, path)
+    assert prose_edit.cells[-1].outputs[0]["text"] == "1\n"
+    assert "edited" in prose_edit.cells[0].source
+
+    code_edit = nbbuild.make_notebook("t", nbbuild.parse_source("%% en\n# T\n%% ja\n# T\n%% code\nprint(2)\n"), "en")
+    with pytest.raises(ValueError, match="code cells changed"):
+        nbbuild.keep_outputs(code_edit, path)

@@ -130,12 +130,37 @@ def execute(notebook: nbformat.NotebookNode, workdir: Path) -> None:
         cell.id = f"cell-{index}"
 
 
-def build(name: str, run: bool = True) -> None:
+def keep_outputs(notebook: nbformat.NotebookNode, stored_path: Path) -> None:
+    """Copy the outputs of the stored notebook into ``notebook`` when only prose changed.
+
+    Refuses (``ValueError``) unless every code cell, tags included, is the same as in the stored
+    notebook: outputs are kept only where the code that printed them is unchanged (nbval then
+    re-runs them anyway).
+    """
+    stored = nbformat.read(stored_path, as_version=4)
+    new_code = [c for c in notebook.cells if c.cell_type == "code"]
+    old_code = [c for c in stored.cells if c.cell_type == "code"]
+    same = len(new_code) == len(old_code) and all(
+        a.source == b.source and a.metadata.get("tags", []) == b.metadata.get("tags", [])
+        for a, b in zip(new_code, old_code)
+    )
+    if not same:
+        raise ValueError(f"{stored_path.name}: code cells changed; run without --keep-outputs to execute them")
+    for new_cell, old_cell in zip(new_code, old_code):
+        new_cell.outputs = old_cell.outputs
+        new_cell.execution_count = old_cell.execution_count
+    for index, cell in enumerate(notebook.cells):
+        cell.id = f"cell-{index}"
+
+
+def build(name: str, run: bool = True, keep: bool = False) -> None:
     blocks = parse_source((SOURCES / f"{name}.md").read_text(encoding="utf-8"))
     for language in LANGUAGES:
         notebook = make_notebook(name, blocks, language)
         target = ROOT / "chapters" / language / f"{name}.ipynb"
-        if run:
+        if keep:
+            keep_outputs(notebook, target)
+        elif run:
             started = time.perf_counter()
             execute(notebook, target.parent)
             print(f"{target.relative_to(ROOT)}: executed in {time.perf_counter() - started:.1f} s")
@@ -149,6 +174,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="chapter names (file stems in chapters/src); default: all")
     parser.add_argument("--no-execute", action="store_true", help="write the notebooks without running them")
+    parser.add_argument(
+        "--keep-outputs",
+        action="store_true",
+        help="only the prose changed: keep the stored outputs (refused if any code cell changed)",
+    )
     args = parser.parse_args(argv)
     names = args.names or sorted(p.stem for p in SOURCES.glob("*.md"))
     os.environ.setdefault("ATTNLIB_STATIC", "1")  # figures as static HTML, as in the book
@@ -157,7 +187,7 @@ def main(argv=None) -> int:
     os.environ.pop("ATEN_CPU_CAPABILITY", None)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     for name in names:
-        build(name, run=not args.no_execute)
+        build(name, run=not args.no_execute, keep=args.keep_outputs)
     return 0
 
 
