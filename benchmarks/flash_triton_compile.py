@@ -1,6 +1,6 @@
 """Compile the FlashAttention Triton kernels for three NVIDIA GPUs without one, and record what the compiler made.
 
-For each target (compute capability 75: T4, 80: A100, 90: H100/H200), head dimension (64, 128) and
+For each GPU (compute capability 75: T4, 80: A100, 90: H100/H200), head dimension (64, 128) and
 kernel (forward, preprocess, dK/dV, dQ), float16 inputs, with the tiles ``kernel_config`` picks:
 
 * ``shared_bytes``: the shared memory one program needs (``CompiledKernel.metadata.shared``);
@@ -14,7 +14,7 @@ kernel (forward, preprocess, dK/dV, dQ), float16 inputs, with the tiles ``kernel
 Usage (from the repository root; a few minutes of CPU, no GPU)::
 
     python benchmarks/flash_triton_compile.py --out benchmarks/results/flash_triton_compile.csv
-    python benchmarks/flash_triton_compile.py --targets 80 --head-dims 64 --out -   # one target, to stdout
+    python benchmarks/flash_triton_compile.py --capabilities 80 --head-dims 64 --out -   # one GPU, to stdout
 
 Every compilation uses a fresh, temporary Triton cache (a cached kernel would skip the assembler and
 its report). Chapter: "FlashAttention in Triton" (chapters/*/11_flash_triton.ipynb), section 6.
@@ -42,11 +42,11 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 COLUMNS = (
-    "triton", "target", "d", "dtype", "kernel", "block_m", "block_n", "num_warps", "num_stages",
+    "triton", "capability", "d", "dtype", "kernel", "block_m", "block_n", "num_warps", "num_stages",
     "shared_bytes", "registers", "spill_store_bytes", "spill_load_bytes", "stack_bytes",
     "ptx_instructions", "mma", "wgmma", "fma", "ex2",
 )  # fmt: skip
-TARGETS = (75, 80, 90)
+CAPABILITIES = (75, 80, 90)
 HEAD_DIMS = (64, 128)
 
 # ptxas -v, one block per entry function:
@@ -100,7 +100,7 @@ def compile_report(capability: int, head_dim: int) -> list[dict]:
         assembler = report[kernel.metadata.name]
         rows.append(
             dict(
-                triton=triton.__version__, target=capability, d=head_dim, dtype="float16", kernel=name,
+                triton=triton.__version__, capability=capability, d=head_dim, dtype="float16", kernel=name,
                 block_m=cfg.block_m, block_n=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                 shared_bytes=kernel.metadata.shared, **assembler, ptx_instructions=len(instructions),
                 mma=_count(r"mma\.sync", ptx), wgmma=_count(r"wgmma\.mma_async", ptx),
@@ -112,12 +112,12 @@ def compile_report(capability: int, head_dim: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", type=int, nargs="+", default=list(TARGETS), help="compute capabilities")
+    parser.add_argument("--capabilities", type=int, nargs="+", default=list(CAPABILITIES), help="75, 80, 90...")
     parser.add_argument("--head-dims", type=int, nargs="+", default=list(HEAD_DIMS))
     parser.add_argument("--out", default=str(_REPO / "benchmarks" / "results" / "flash_triton_compile.csv"),
                         help="CSV file to write, or - for stdout")  # fmt: skip
     args = parser.parse_args(argv)
-    rows = [row for cc in args.targets for d in args.head_dims for row in compile_report(cc, d)]
+    rows = [row for cc in args.capabilities for d in args.head_dims for row in compile_report(cc, d)]
     with contextlib.ExitStack() as stack:
         handle = sys.stdout if args.out == "-" else stack.enter_context(open(args.out, "w", newline=""))
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
