@@ -188,3 +188,44 @@ def test_keep_outputs_copies_outputs_only_when_the_code_is_unchanged(tmp_path):
     code_edit = nbbuild.make_notebook("t", nbbuild.parse_source("%% en\n# T\n%% ja\n# T\n%% code\nprint(2)\n"), "en")
     with pytest.raises(ValueError, match="code cells changed"):
         nbbuild.keep_outputs(code_edit, path)
+
+
+def _rejected_terms() -> dict[str, str]:
+    lines = (ROOT / "tools" / "ja_rejected_terms.tsv").read_text(encoding="utf-8").splitlines()
+    return dict(line.split("\t") for line in lines if line and not line.startswith("#"))
+
+
+def _without_code_and_math(text: str) -> str:
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    text = re.sub(r"`[^`]*`", "", text)
+    return re.sub(r"\$[^$]*\$", "", text)
+
+
+def test_rejected_terms_list_is_well_formed():
+    terms = _rejected_terms()
+    assert "チャネル" in terms and terms["画素"] == "ピクセル"
+    glossary = (ROOT / "glossary.md").read_text(encoding="utf-8")
+    preferred_terms = ("チャンネル", "ピクセル", "大域的", "真偽値", "規約", "ロジット", "ベースライン")
+    preferred_terms += ("スライディングウィンドウ", "プリフィル", "残差接続")
+    for preferred in preferred_terms:
+        assert preferred in glossary, f"glossary.md lacks the preferred term {preferred}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_japanese_chapters_use_the_glossary_terms(name):
+    blocks = nbbuild.parse_source((ROOT / "chapters" / "src" / f"{name}.md").read_text(encoding="utf-8"))
+    prose = "\n".join(text for kind, _, text in blocks if kind == "ja")
+    prose = _without_code_and_math(prose)
+    found = {bad: good for bad, good in _rejected_terms().items() if bad in prose}
+    assert not found, f"{name}: rejected spellings in the Japanese text (use the glossary's): {found}"
+
+
+def test_the_glossary_uses_its_own_terms():
+    japanese_columns = []
+    for line in (ROOT / "glossary.md").read_text(encoding="utf-8").splitlines():
+        cells = line.split("|")
+        if len(cells) >= 5:
+            japanese_columns += [cells[2], cells[4]]
+    prose = _without_code_and_math("\n".join(japanese_columns))
+    found = {bad: good for bad, good in _rejected_terms().items() if bad in prose}
+    assert not found, f"glossary.md: rejected spellings in its Japanese columns: {found}"

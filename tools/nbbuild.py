@@ -149,6 +149,10 @@ def keep_outputs(notebook: nbformat.NotebookNode, stored_path: Path) -> None:
     for new_cell, old_cell in zip(new_code, old_code):
         new_cell.outputs = old_cell.outputs
         new_cell.execution_count = old_cell.execution_count
+        if "execution" in old_cell.metadata:  # the timings of the run that printed the outputs
+            new_cell.metadata["execution"] = old_cell.metadata["execution"]
+    if "language_info" in stored.metadata:  # as the kernel that ran them reported it
+        notebook.metadata["language_info"] = stored.metadata["language_info"]
     for index, cell in enumerate(notebook.cells):
         cell.id = f"cell-{index}"
 
