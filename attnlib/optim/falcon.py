@@ -36,8 +36,11 @@ Fused ``query_key_value`` layout (output features, in order), head dimension ``d
 
 * multi-query, Falcon-7B (``new_decoder_architecture=False``, ``num_kv_heads=1``):
   ``[q_0, ..., q_{H-1}, k, v]``, ``(H + 2) d`` features;
-* multi-head, Falcon-RW style (``new_decoder_architecture=False``, ``num_kv_heads=H``):
-  ``[q_0, k_0, v_0, q_1, k_1, v_1, ...]``, ``3 H d`` features;
+* multi-head, the interleaved layout of Falcon-RW (``new_decoder_architecture=False``,
+  ``num_kv_heads=H``): ``[q_0, k_0, v_0, q_1, k_1, v_1, ...]``, ``3 H d`` features. Only the
+  layout: the released RW models also use ALiBi instead of rotary embeddings, biases in the
+  linear layers and a sequential (not parallel) block, which this module does not express, so
+  their weights do not load here;
 * grouped, Falcon-40B (``new_decoder_architecture=True``, any ``num_kv_heads`` dividing ``H``):
   ``H_kv`` groups ``[q_{gG}, ..., q_{gG+G-1}, k_g, v_g]``, ``(H + 2 H_kv) d`` features, ``G = H / H_kv``.
 
