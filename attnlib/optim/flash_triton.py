@@ -61,8 +61,10 @@ Two details of the kernels
 *exp2, with log2(e) folded into the scale.* GPUs compute ``2**x`` in one special-function
 instruction (``ex2`` on NVIDIA); ``exp(x)`` is compiled as ``exp2(x * log2(e))``, one more
 multiply per score. Since ``exp(s - m) = 2**((s - m) * log2(e))``, the host multiplies the
-softmax scale by ``log2(e)`` once (``qk_scale = scale * log2(e)``): the scores come out of the
-``Q K^T`` product already in log2 units and the kernel calls ``exp2`` directly. The running
+softmax scale by ``log2(e)`` once (``qk_scale = scale * log2(e)``), and the kernel multiplies
+each fp32 score tile by ``qk_scale`` right after the ``Q K^T`` product (``tl.dot``; scaling Q
+first would round the scaled Q to fp16/bf16 once more). The scores are then in log2 units and
+the kernel calls ``exp2`` directly, one multiply per score as before but no second one. The running
 max ``m`` is then in log2 units too, and the stored logsumexp is converted back to the natural
 log, ``L = (m + log2(l)) * ln(2)``, which the backward multiplies by ``log2(e)`` again.
 
