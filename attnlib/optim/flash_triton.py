@@ -64,7 +64,7 @@ multiply per score. Since ``exp(s - m) = 2**((s - m) * log2(e))``, the host mult
 softmax scale by ``log2(e)`` once (``qk_scale = scale * log2(e)``), and the kernel multiplies
 each fp32 score tile by ``qk_scale`` right after the ``Q K^T`` product (``tl.dot``; scaling Q
 first would round the scaled Q to fp16/bf16 once more). The scores are then in log2 units and
-the kernel calls ``exp2`` directly, one multiply per score as before but no second one. The running
+the kernel calls ``exp2`` directly. The running
 max ``m`` is then in log2 units too, and the stored logsumexp is converted back to the natural
 log, ``L = (m + log2(l)) * ln(2)``, which the backward multiplies by ``log2(e)`` again.
 
