@@ -28,10 +28,13 @@ VISION=("$PY" -m attnlib.bench run "$@" --kind vision --repeats 5 --max-memory-g
   --out $R/cpu_vision_pvt_dat.csv
 "${VISION[@]}" --rounds 3 --methods dense,sdpa,dat --sizes 28,56,84,112,140,168 --channels 64 --heads 2 \
   --out $R/cpu_vision_pvt_dat.csv --plot $R/cpu_vision_pvt_dat.png
-# The approximation mixers are far from their targets: one round (median of 7 calls) is enough.
+# The approximation mixers: one round (median of 7 calls) is enough.
 "$PY" -m attnlib.bench run "$@" --kind vision --repeats 7 --max-memory-gib 5 \
   --methods dense,sdpa,mixer,poolformer,coat --sizes 28,56,84,112,140,168,224 --channels 96 --heads 3 \
   --out $R/cpu_vision_approx.csv --plot $R/cpu_vision_approx.png
 "$PY" benchmarks/falcon_decode.py --out $R/cpu_falcon_decode.csv --plot $R/cpu_falcon_decode.png
 "$PY" benchmarks/block_sparse_cpu.py --out $R/cpu_block_sparse.csv
 "$PY" benchmarks/ring_cpu.py --out $R/cpu_ring.csv
+# Chapters 04 and 11: the DAT offsets study (training, no timing) and the Triton compile report.
+"$PY" benchmarks/dat_offsets.py --out $R/cpu_dat_offsets.csv
+"$PY" benchmarks/flash_triton_compile.py
