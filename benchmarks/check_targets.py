@@ -33,7 +33,11 @@ def all_targets(results: Path, chapter: str | None = None) -> list[Target]:
 
 def failures(targets: list[Target]) -> list[Target]:
     """Targets that do not hold, or that have no data although a CPU run answers them."""
-    return [t for t in targets if (math.isnan(t.value) and not t.needs_gpu) or (not math.isnan(t.value) and not t.holds)]
+
+    def fails(t: Target) -> bool:
+        return (not t.needs_gpu) if math.isnan(t.value) else not t.holds
+
+    return [t for t in targets if fails(t)]
 
 
 def main(argv: list[str] | None = None) -> int:
