@@ -152,3 +152,11 @@ def test_heatmap_draws_an_all_true_pattern_as_attended_not_as_empty():
     weights = viz.heatmap(torch.full((3, 3), 0.5), colorbar=False).get_images()[0]
     assert weights.norm.vmin == weights.norm.vmax == 0.5  # a float matrix keeps its own range unless told
     plt.close("all")
+
+
+def test_a_wide_frame_can_have_a_lower_figure():
+    wide = np.zeros((4, 20))
+    default = viz.slider_heatmap([wide], ["a"])
+    lower = viz.slider_heatmap([wide], ["a"], size=600, height=400)
+    assert default.layout.height == 520 + 200 and lower.layout.height == 400 and lower.layout.width == 740
+    assert "height" in viz.FIGURE_OPTIONS  # explore passes it on

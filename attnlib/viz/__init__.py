@@ -200,6 +200,7 @@ def _heatmap_figure(
     zmin: float | None = None,
     zmax: float | None = None,
     size: int = 520,
+    height: int | None = None,
 ):
     """The plotly heatmap of one frame: what the static page and a live kernel both show.
 
@@ -229,7 +230,7 @@ def _heatmap_figure(
         title=dict(text=title, y=0.98, yref="container"),
         font=dict(family=PLOTLY_FONT),
         width=size + 140,
-        height=size + 200,
+        height=size + 200 if height is None else height,  # a wide frame needs less height
         margin=dict(l=60, r=20, t=130, b=40),
         xaxis=dict(title=dict(text=xlabel), side="top", constrain="domain"),
         yaxis=dict(title=dict(text=ylabel), autorange="reversed", scaleanchor="x"),
@@ -256,6 +257,7 @@ def slider_heatmap(
     zmin: float | None = None,
     zmax: float | None = None,
     size: int = 520,
+    height: int | None = None,
 ):
     """A plotly heatmap with one slider step per frame (all frames precomputed).
 
@@ -264,6 +266,8 @@ def slider_heatmap(
         labels: the slider's label for each frame.
         titles: the figure title for each frame (defaults to the label).
         categories: names of integer values 0..K-1, drawn in discrete colours.
+        size: the plot's width in pixels; height: the figure's height (default ``size + 200``,
+            for square frames; a wide frame needs less).
     """
     _check_categories(categories)
     arrays = [_as_array(frame) for frame in frames]
@@ -286,6 +290,7 @@ def slider_heatmap(
         zmin=zmin,
         zmax=zmax,
         size=size,
+        height=height,
     )
     steps = [
         dict(method="update", label=str(label), args=[{"z": [array.tolist()]}, {"title.text": title}])
@@ -309,6 +314,7 @@ FIGURE_OPTIONS = {
     "zmin",
     "zmax",
     "size",
+    "height",
 }
 
 
