@@ -39,3 +39,33 @@ def at_least(chapter: str, description: str, value: float, threshold: float, **k
 
 def at_most(chapter: str, description: str, value: float, threshold: float, **kw) -> Target:
     return Target(chapter, f"{description} <= {threshold:g}", value, value <= threshold, **kw)
+
+
+def vision_mixer_targets(
+    results, chapter: str, method: str, label: str, min_speedup: float, *, max_slope: float = 1.15
+) -> list[Target]:
+    """A token mixer of ``cpu_vision_approx.csv`` against SDPA on a 112 x 112 map (12,544 tokens).
+
+    Two targets: at least ``min_speedup`` times faster than SDPA there, and a time slope (log time
+    against log N over every measured size) of at most ``max_slope``.
+    """
+    from attnlib import bench  # imported on use: the package imports nothing heavy
+
+    tokens = 112 * 112
+    rows = [
+        row
+        for row in bench.read_results(results / "cpu_vision_approx.csv")
+        if row["status"] == "ok" and row["kind"] == "vision"
+    ]
+
+    def median(name: str) -> float:
+        return next((row["median_s"] for row in rows if row["method"] == name and row["N"] == tokens), math.nan)
+
+    mine = [row for row in rows if row["method"] == method]
+    slope = math.nan
+    if len({row["N"] for row in mine}) >= 2:
+        slope = bench.fit_slope([row["N"] for row in mine], [row["median_s"] for row in mine])
+    return [
+        at_least(chapter, f"{label} speedup over SDPA at 12,544 tokens", median("sdpa") / median(method), min_speedup),
+        at_most(chapter, f"{label} time slope (log time vs log N)", slope, max_slope),
+    ]
