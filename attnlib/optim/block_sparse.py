@@ -270,6 +270,9 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
     d_v = v.shape[-1]
     kv_head = torch.arange(H, device=q.device) // (H // H_kv)  # (H,) query head -> key/value head
     use_fused = fused and q.device.type == "cpu" and _FLASH_CPU is not None and d_v == d
+    # The kernel's additive mask gives NaN + (-inf) = NaN for a masked NaN key: with a non-finite key
+    # anywhere (checked once, not per tile), masked wide tiles take the softmax written out.
+    keys_finite = not use_fused or bool(torch.isfinite(k).all())
     q_tiles = _pad_tiles(q.to(dtype) if use_fused else q.to(dtype) * scale, T_q, b_q)  # (B, H, T_q, b_q, d)
     k_tiles = _pad_tiles(k.to(dtype), T_k, b_k)  # (B, H_kv, T_k, b_k, d)
     v_tiles = _pad_tiles(v.to(dtype), T_k, b_k)  # (B, H_kv, T_k, b_k, d_v)
@@ -292,9 +295,7 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
         if use_fused:
             done = None  # (out, lse) of the lists done so far, merged as chapter 15 merges across devices
             for k_wide, v_wide, allowed in wide_tiles:
-                # the kernel's additive mask gives NaN + (-inf) = NaN for a masked NaN key: finite keys only
-                finite = allowed is None or bool(torch.isfinite(k_wide).all())
-                attend = _attend_fused if finite else _attend_written_out
+                attend = _attend_fused if keys_finite or allowed is None else _attend_written_out
                 step = attend(q_tile, k_wide, v_wide, allowed, scale)
                 done = step if done is None else merge_partial(*done, *step)
             out[:, :, rows], lse[:, :, rows] = done
