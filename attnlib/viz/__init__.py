@@ -329,7 +329,7 @@ def _heatmap_figure(
         height=size + 200 if height is None else height,  # a wide frame needs less height
         margin=dict(l=60, r=20, t=130, b=40),
         xaxis=dict(title=dict(text=xlabel), side="top", constrain="domain"),
-        yaxis=dict(title=dict(text=ylabel), autorange="reversed", scaleanchor="x"),
+        yaxis=dict(title=dict(text=ylabel), autorange="reversed", scaleanchor="x", constrain="domain"),
         shapes=_grid_shapes(rows, cols, grid),
         meta={"attnlib": meta},
     )
