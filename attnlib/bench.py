@@ -55,10 +55,7 @@ Chapter: "Introduction" (chapters/*/00_introduction.ipynb).
 from __future__ import annotations
 
 import argparse
-import atexit
 import csv
-import ctypes
-import ctypes.util
 import datetime
 import fcntl
 import json
@@ -66,8 +63,6 @@ import math
 import os
 import platform
 import resource
-import select
-import signal
 import statistics
 import subprocess
 import sys
@@ -77,6 +72,16 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+
+from ._platform import (
+    ask_fork_server,
+    available_bytes,
+    release_free_memory,
+    reset_peak_rss,
+    serve_forks,
+    status_bytes,
+    steady_allocator,
+)
 
 __all__ = [
     "median_time",
@@ -127,25 +132,6 @@ def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, 
     return statistics.median(times)
 
 
-def status_bytes(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM), in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024  # reported in kB
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's resident-set high-water mark (Linux >= 4.0); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def peak_memory_bytes(fn: Callable[[], object], device="cpu") -> int:
     """Peak memory that one call of ``fn()`` adds, in bytes.
 
@@ -180,49 +166,6 @@ def _make_inputs(B: int, H: int, N: int, d: int, dtype: torch.dtype, device: tor
 
 WARMUP_TOKENS = 1024  # the short input of the warm-up call before the memory measurement
 WARMUP_SIDE = 28  # the small map of the warm-up call of a vision mixer
-
-
-def _libc_function(name: str):
-    """The C library's function ``name`` (glibc's ``malloc_trim``, ``mallopt``), or None where there is none."""
-    libc_name = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(libc_name), name, None) if libc_name else None
-
-
-def release_free_memory() -> None:
-    """Hand the memory that the C allocator holds free back to the system (glibc's ``malloc_trim``).
-
-    So that the measured call pays for every page it touches instead of reusing pages an
-    earlier call left behind. A no-op where the C library has no ``malloc_trim``.
-    """
-    malloc_trim = _libc_function("malloc_trim")
-    if malloc_trim is not None:
-        malloc_trim(0)
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-STEADY_MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed value on 64-bit machines
-STEADY_TRIM_THRESHOLD = 1 * 2**30  # keep up to 1 GiB of freed heap for the next call
-
-
-def set_malloc_option(parameter: int, value: int) -> bool:
-    """glibc's ``mallopt(parameter, value)``; False where it failed or there is no ``mallopt``.
-
-    Setting a threshold turns off glibc's dynamic adjustment of it, whose state depends on the
-    history of the process (see the module docstring).
-    """
-    mallopt = _libc_function("mallopt")
-    return mallopt is not None and bool(mallopt(parameter, value))
-
-
-def steady_allocator() -> bool:
-    """Fix glibc's mmap and trim thresholds so that repeated calls reuse their pages; False if no glibc.
-
-    Called after the memory measurement, before the timing (and by the benchmark scripts that time
-    in their own workers).
-    """
-    return set_malloc_option(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) and set_malloc_option(
-        M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD
-    )
 
 
 def _language_call(config: dict, device: torch.device):
@@ -339,18 +282,6 @@ def estimated_bytes(config: dict) -> int:
     return io_bytes
 
 
-def available_bytes() -> int:
-    """Memory the system can still give (``MemAvailable`` of /proc/meminfo), or a large number elsewhere."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
-
-
 def measure_in_fresh_process(
     method: str, N: int, *, timeout: float = 900, max_bytes: int | None = None, **options
 ) -> dict:
@@ -386,90 +317,10 @@ def _error_result(message: str) -> dict:
     return {"median_s": math.nan, "peak_mib": math.nan, "status": "error", "error": message}
 
 
-# The fork server. A new interpreter per configuration spent ~3 s of each measurement importing
-# torch. Instead one server process imports torch once and never runs an operation (so it has
-# no thread pools and no CUDA context to pass on); for each configuration it forks a child, and
-# the child, a new process with its own heap, resident set, thread pools and allocator settings,
-# measures and exits. The server runs in its own session, so that Ctrl-C reaches only the caller,
-# which then stops the server and the child with it.
-_FORK_SERVER: subprocess.Popen | None = None
-
-
-def _start_fork_server() -> subprocess.Popen:
-    global _FORK_SERVER
-    if _FORK_SERVER is None or _FORK_SERVER.poll() is not None:
-        command = [sys.executable, "-m", "attnlib.bench", "_fork_server"]
-        _FORK_SERVER = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-    return _FORK_SERVER
-
-
-def stop_fork_server() -> None:
-    """Stop the fork server and any measurement running in it (also done at exit)."""
-    global _FORK_SERVER
-    if _FORK_SERVER is not None:
-        try:
-            os.killpg(_FORK_SERVER.pid, signal.SIGKILL)  # the server and its child share a process group
-        except ProcessLookupError:
-            pass
-        _FORK_SERVER.wait()
-        _FORK_SERVER.stdin.close()
-        _FORK_SERVER.stdout.close()
-        _FORK_SERVER = None
-
-
-atexit.register(stop_fork_server)
-
-
 def _measure_in_forked_process(config: dict, timeout: float) -> dict:
-    """Send one configuration to the fork server, wait up to ``timeout`` seconds for its result."""
-    server = _start_fork_server()
-    try:
-        server.stdin.write(json.dumps(config).encode() + b"\n")
-        server.stdin.flush()
-        ready, _, _ = select.select([server.stdout], [], [], timeout)
-        line = server.stdout.readline() if ready else b""
-    except BaseException:  # Ctrl-C: the child would go on measuring and leave its answer in the pipe
-        stop_fork_server()
-        raise
-    if not ready:
-        stop_fork_server()
-        return _error_result(f"timeout after {timeout} s")
-    if not line:
-        stop_fork_server()
-        return _error_result("the fork server stopped")
-    return json.loads(line)
-
-
-def _serve_forks() -> None:
-    """The fork server's loop: a JSON configuration per line in, a JSON result per line out."""
-    for line in sys.stdin.buffer:
-        config = json.loads(line)
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: one measurement in a process of its own
-            os.close(read_end)
-            os.dup2(2, 1)  # whatever the method prints must not reach the server's answers
-            try:
-                result = _measure_here(config)
-            except Exception as error:
-                result = _error_result(f"{type(error).__name__}: {error}")
-            with os.fdopen(write_end, "w") as pipe:
-                pipe.write(json.dumps(result))
-            os._exit(0)
-        os.close(write_end)
-        with os.fdopen(read_end) as pipe:
-            answer = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        if not answer:  # killed (out of memory) or crashed before it could answer
-            if os.WIFSIGNALED(status):
-                how = f"killed by signal {os.WTERMSIG(status)}"
-            else:
-                how = f"exit code {os.waitstatus_to_exitcode(status)}"
-            answer = json.dumps(_error_result(f"the measuring process died ({how})"))
-        sys.stdout.write(answer + "\n")
-        sys.stdout.flush()
+    """Measure one configuration in a child of the fork server (:mod:`attnlib._platform`), within ``timeout`` s."""
+    answer = ask_fork_server([sys.executable, "-m", "attnlib.bench", "_fork_server"], config, timeout)
+    return answer if isinstance(answer, dict) else _error_result(answer)
 
 
 def _measure_in_new_interpreter(config: dict, timeout: float) -> dict:
@@ -941,7 +792,7 @@ def main(argv=None) -> int:
         print(json.dumps(_measure_here(json.loads(args.config))))
         return 0
     if args.command == "_fork_server":
-        _serve_forks()
+        serve_forks(_measure_here, _error_result)
         return 0
     if args.command == "plot":
         try:

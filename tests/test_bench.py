@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from attnlib import bench
+from attnlib import _platform, bench
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -163,7 +163,7 @@ def _process_group_exists(group: int) -> bool:
 @pytest.mark.skipif(sys.platform != "linux", reason="the fork server runs on Linux")
 def test_a_timeout_stops_the_measuring_process_and_the_next_configuration_runs():
     assert bench.measure_in_fresh_process("sdpa", 64, repeats=1)["status"] == "ok"  # the server is up
-    server = bench._FORK_SERVER
+    server = _platform._FORK_SERVER
     stuck = bench.measure_in_fresh_process("dense", 4096, repeats=1000, timeout=2)  # minutes of work
     assert stuck["status"] == "error" and stuck["error"] == "timeout after 2 s"
     assert server.poll() is not None
@@ -173,7 +173,7 @@ def test_a_timeout_stops_the_measuring_process_and_the_next_configuration_runs()
     assert not _process_group_exists(server.pid)  # the child measuring in the server is gone too
     row = bench.measure_in_fresh_process("sdpa", 64, repeats=1)  # measured by a new server
     assert row["status"] == "ok", row["error"]
-    assert bench._FORK_SERVER is not server
+    assert _platform._FORK_SERVER is not server
 
 
 def test_a_new_interpreter_measures_the_same_as_a_forked_process():
@@ -246,13 +246,13 @@ def test_rounds_take_turns_and_keep_the_median(tmp_path, monkeypatch):
 
 _CHURN = """
 import ctypes, ctypes.util, resource, sys, torch
-from attnlib import bench
+from attnlib import _platform
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 # a churning state, as glibc's moving threshold leaves some processes: every block above 1 MiB
 # gets pages of its own, handed back when it is freed, so each call faults them in again
-libc.mallopt(bench.M_MMAP_THRESHOLD, 2**20)
+libc.mallopt(_platform.M_MMAP_THRESHOLD, 2**20)
 if sys.argv[1] == "steady":
-    assert bench.steady_allocator()
+    assert _platform.steady_allocator()
 faults = []
 for _ in range(4):  # one "call": ten 3 MiB blocks on the heap, touched, then all freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
