@@ -86,7 +86,7 @@ def flex_block_mask(mask: bmk.BlockMask, mask_mod, block: int):
 
 def methods(mask: bmk.BlockMask, mask_mod, block: int, flex) -> dict:
     """``{method: f(q, k, v)}`` for one pattern."""
-    from attnlib.optim import flash_triton as ft
+    from attnlib.optim.block_sparse_triton import block_sparse_attention_triton
 
     flex_mask = flex_block_mask(mask, mask_mod, block)
 
@@ -95,7 +95,7 @@ def methods(mask: bmk.BlockMask, mask_mod, block: int, flex) -> dict:
             q, k, v = q.detach(), k.detach(), v.detach()
         return flex(q, k, v, block_mask=flex_mask)
 
-    return {"triton": lambda q, k, v: ft.block_sparse_attention_triton(q, k, v, mask), "flex_compiled": flex_call}
+    return {"triton": lambda q, k, v: block_sparse_attention_triton(q, k, v, mask), "flex_compiled": flex_call}
 
 
 def has_backward(method: str, device) -> bool:

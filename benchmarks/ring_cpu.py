@@ -1,13 +1,13 @@
 """Ring attention on a CPU with gloo: peak memory and time per process for P = 1, 2, 4 processes.
 
-Each (P, N) runs in a fresh group of P processes (attnlib.optim.ring.launch), one thread each:
+Each (P, N) runs in a fresh group of P processes (attnlib.optim.ring_launcher.launch), one thread each:
 one causal forward + backward (zigzag layout, B=1, H=1, d=64, float32; with P > 1 once with the
 backward's prefetch on, as the published implementations, and once off) measures each rank's
 peak resident memory above what it held before building its shards; then the best of
 ``--repeats`` timed forward + backward passes gives the time and the share spent waiting for
 key/value blocks and their gradients (communication not hidden behind compute). Each rank asks
 glibc to map every allocation above 64 KiB on its own, so that freed tensors leave the resident
-set (see ``ring.measure_worker``).
+set (see ``ring_launcher.measure_worker``).
 
     .venv/bin/python benchmarks/ring_cpu.py                  # writes benchmarks/results/cpu_ring.csv/.png
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from attnlib.optim import ring
+from attnlib.optim import ring_launcher
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = [
@@ -50,7 +50,7 @@ def measure(
     P: int, N: int, *, B: int, H: int, d: int, layout: str, prefetch: bool, repeats: int, timeout: float
 ) -> dict:
     config = dict(N=N, B=B, H=H, d=d, layout=layout, repeats=repeats, prefetch=prefetch)
-    per_rank = ring.launch(ring.measure_worker, P, config, timeout=timeout)
+    per_rank = ring_launcher.launch(ring_launcher.measure_worker, P, config, timeout=timeout)
     peaks = [r["peak_bytes"] / 2**20 for r in per_rank]
     seconds = max(r["seconds"] for r in per_rank)
     wait_share = sum(r["wait_seconds"] / r["seconds"] for r in per_rank) / P

@@ -23,11 +23,11 @@ from attnlib.sparse.bigbird import bigbird_attention, bigbird_block_categories
 from attnlib.sparse.swin import swin_pattern
 
 try:
-    from attnlib.optim import flash_triton as ft
+    from attnlib.optim import block_sparse_triton as bst
 except ImportError:  # triton is not installed: the Triton cases skip
-    ft = None
+    bst = None
 
-needs_triton = pytest.mark.skipif(ft is None, reason="triton is not installed")
+needs_triton = pytest.mark.skipif(bst is None, reason="triton is not installed")
 
 
 def make_qkv(B, H, H_kv, N, d, d_v=None, *, dtype=torch.float64, seed=0):
@@ -162,7 +162,7 @@ def test_triton_count_visits_must_be_a_bool():
     q, k, v = make_qkv(1, 1, 1, 32, 16, dtype=torch.float32)
     bm = causal_block_mask(32, 16)
     with pytest.raises(TypeError, match="count_visits must be a bool"):
-        ft.block_sparse_forward(q, k, v, bm, count_visits="yes")
+        bst.block_sparse_forward(q, k, v, bm, count_visits="yes")
 
 
 # ----------------------------------------------------------------------------------------
@@ -232,8 +232,8 @@ def test_triton_refuses_value_head_dim_other_than_query_head_dim():
     with pytest.raises(ValueError, match=message):
         block_sparse_attention(q, k, v, bm, backend="triton")
     with pytest.raises(ValueError, match=message):
-        ft.block_sparse_forward(q, k, v, bm)
-    assert ft.block_sparse_unsupported_reason(q, k, v, bm) is not None
+        bst.block_sparse_forward(q, k, v, bm)
+    assert bst.block_sparse_unsupported_reason(q, k, v, bm) is not None
     # "auto" takes the PyTorch path for these inputs, even where Triton runs (its interpreter here)
     torch.testing.assert_close(block_sparse_attention(q, k, v, bm), attention(q, k, v, causal=True))
 

@@ -36,9 +36,9 @@ DEVICE = "cpu" if INTERPRETING or not torch.cuda.is_available() else "cuda"
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 try:
-    from attnlib.optim import flash_triton as ft
+    from attnlib.optim import block_sparse_triton as bst
 except ImportError:  # triton is not installed: the Triton cases skip
-    ft = None
+    bst = None
 
 
 def make_qkv(B, H, H_kv, N_q, N_k, d, seed=0, device="cpu"):
@@ -77,11 +77,11 @@ def check_both_paths(B, H, H_kv, N_q, N_k, d, block_mask, seed=0, triton=True):
         out, lse = block_sparse_forward_torch(q, k, v, block_mask, fused=fused)
         grads = block_sparse_backward_torch(q, k, v, out, lse, dout, block_mask)
         assert_matches(out, lse, grads, ref)
-    if triton and ft is not None:
+    if triton and bst is not None:
         dev = [x.to(DEVICE) for x in (q, k, v, dout)]
         bm = block_mask.to(DEVICE)
-        out, lse = ft.block_sparse_forward(*dev[:3], bm)
-        grads = ft.block_sparse_backward(dev[3], *dev[:3], out, lse, bm)
+        out, lse = bst.block_sparse_forward(*dev[:3], bm)
+        grads = bst.block_sparse_backward(dev[3], *dev[:3], out, lse, bm)
         assert_matches(out.cpu(), lse.cpu(), [g.cpu() for g in grads], ref)
 
 
@@ -277,15 +277,15 @@ def test_pytorch_path_never_reads_empty_tiles():
     assert all(torch.equal(a, b) for a, b in zip(poisoned, clean))
 
 
-@pytest.mark.skipif(ft is None, reason="triton is not installed")
+@pytest.mark.skipif(bst is None, reason="triton is not installed")
 def test_triton_kernels_visit_exactly_the_listed_tiles():
     """The kernels count the loads of each tile (COUNT_VISITS): each partial or full tile once, no empty tile."""
     bm = bmk.bigbird_block_mask(192, block_size=32, num_random_blocks=1, num_heads=2, causal=True, seed=2)
     B, H = 2, 2
     q, k, v = make_qkv(B, H, 1, 192, 192, 16, device=DEVICE)
     bm = bm.to(DEVICE)
-    out, lse, visits = ft.block_sparse_forward(q, k, v, bm, count_visits=True)
-    dq, dk, dv, (visits_kv, visits_q) = ft.block_sparse_backward(torch.ones_like(out), q, k, v, out, lse, bm,
+    out, lse, visits = bst.block_sparse_forward(q, k, v, bm, count_visits=True)
+    dq, dk, dv, (visits_kv, visits_q) = bst.block_sparse_backward(torch.ones_like(out), q, k, v, out, lse, bm,
                                                                   count_visits=True)  # fmt: skip
     listed = (bm.kinds != bmk.EMPTY).int().expand(B, H, -1, -1).reshape(B * H, *bm.num_tiles)  # (B H, T_q, T_k)
     assert 0 < int(listed.sum()) < listed.numel()  # some tiles are empty
@@ -328,21 +328,21 @@ def test_bad_input():
         bmk.swin_window_mask_mod(8, 8, 4, shift=4)
 
 
-@pytest.mark.skipif(ft is None, reason="triton is not installed")
+@pytest.mark.skipif(bst is None, reason="triton is not installed")
 def test_triton_bad_input():
     q, k, v = make_qkv(1, 2, 2, 64, 64, 16, device=DEVICE)
     bm = bmk.block_mask_from_mask_mod(bmk.causal_mask_mod(64, 64), None, None, 64, 64, block_q=32, block_k=32)
     bm = bm.to(DEVICE)
     with pytest.raises(ValueError, match="block_mask was built with block_q=32, but the kernel needs block_q=64"):
-        ft.block_sparse_forward(q, k, v, bm, block_m=64)
+        bst.block_sparse_forward(q, k, v, bm, block_m=64)
     small = bmk.block_mask_from_mask_mod(bmk.causal_mask_mod(64, 64), None, None, 64, 64, block_q=8, block_k=32)
     with pytest.raises(ValueError, match="block_mask.block_q must be a power of two >= 16"):
-        ft.block_sparse_forward(q, k, v, small.to(DEVICE))
+        bst.block_sparse_forward(q, k, v, small.to(DEVICE))
     other = bmk.block_mask_from_mask_mod(bmk.causal_mask_mod(32, 64), None, None, 32, 64, block_q=32, block_k=32)
     with pytest.raises(ValueError, match="block_mask was built for N_q=32, N_k=64"):
-        ft.block_sparse_attention_triton(q, k, v, other.to(DEVICE))
-    assert ft.block_sparse_unsupported_reason(q, k, v, small.to(DEVICE)) is not None
-    assert ft.block_sparse_unsupported_reason(q, k, v, bm) is None
+        bst.block_sparse_attention_triton(q, k, v, other.to(DEVICE))
+    assert bst.block_sparse_unsupported_reason(q, k, v, small.to(DEVICE)) is not None
+    assert bst.block_sparse_unsupported_reason(q, k, v, bm) is None
 
 
 # ----------------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ def test_triton_bad_input():
 # ----------------------------------------------------------------------------------------
 _COMPILE_SCRIPT = """
 import json, sys, torch
-from attnlib.optim.flash_triton import compile_block_sparse_kernels
+from attnlib.optim.block_sparse_triton import compile_block_sparse_kernels
 for cc, d, block in json.loads(sys.argv[1]):
     try:
         for name, k in compile_block_sparse_kernels(cc, d, torch.float16, block, block).items():
@@ -365,7 +365,7 @@ COMPILE_CASES = [[[75, 64, 64]], [[80, 64, 64], [90, 128, 128]]]
 
 
 def test_block_sparse_kernels_compile_for_sm75_sm80_sm90(tmp_path):
-    if ft is None:
+    if bst is None:
         pytest.skip("triton is not installed")
     import triton
 
@@ -458,7 +458,7 @@ def _gpu_benchmark_module():
 
 def test_gpu_benchmark_script_runs_end_to_end_on_cpu(tmp_path, capsys):
     # The GPU script's code path, in Triton's interpreter: checks, timing loop, the CSV it writes.
-    if ft is None or not INTERPRETING:
+    if bst is None or not INTERPRETING:
         pytest.skip("needs triton in its interpreter (on a GPU, run the script itself)")
     gpu_benchmark = _gpu_benchmark_module()
     assert gpu_benchmark.main(["--smoke", "--out", str(tmp_path)]) == 0
@@ -477,7 +477,7 @@ def test_gpu_benchmark_script_runs_end_to_end_on_cpu(tmp_path, capsys):
 
 
 def test_gpu_benchmark_does_not_time_a_pattern_that_fails_its_check(tmp_path, monkeypatch, capsys):
-    if ft is None or not INTERPRETING:
+    if bst is None or not INTERPRETING:
         pytest.skip("needs triton in its interpreter (on a GPU, run the script itself)")
     gpu_benchmark = _gpu_benchmark_module()
     methods = gpu_benchmark.methods

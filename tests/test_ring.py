@@ -1,6 +1,6 @@
 """Tests for attnlib.optim.ring: ring attention over gloo processes equals dense attention on the whole sequence.
 
-The multi-process tests start each process group once (``ring.launch``, with a timeout) and run
+The multi-process tests start each process group once (``ring_launcher.launch``, with a timeout) and run
 several configurations in it: starting processes is most of the cost.
 """
 
@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 
 from attnlib import registry
-from attnlib.optim import ring
-from attnlib.optim.ring import RingCase
+from attnlib.optim import online_softmax, ring, ring_launcher
+from attnlib.optim.ring_launcher import RingCase
 from attnlib.reference import attention, causal_mask
 
 TOLERANCE = 1e-5  # fp32, out, lse and gradients (the issue's target)
@@ -74,7 +74,7 @@ def test_merge_equals_attention_over_the_union():
     out_a, lse_a = attention(q, k[:, :, :7], v[:, :, :7], return_lse=True)
     out_b, lse_b = attention(q, k[:, :, 7:], v[:, :, 7:], return_lse=True)
     out, lse = attention(q, k, v, return_lse=True)
-    merged_out, merged_lse = ring.merge_partial(out_a, lse_a, out_b, lse_b)
+    merged_out, merged_lse = online_softmax.merge_partial(out_a, lse_a, out_b, lse_b)
     torch.testing.assert_close(merged_out, out, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(merged_lse, lse, atol=1e-6, rtol=1e-6)
 
@@ -83,10 +83,10 @@ def test_merge_is_stable_at_large_logits_where_the_naive_form_overflows():
     out_a, out_b = torch.full((1, 3, 2), 1.0), torch.full((1, 3, 2), 3.0)
     lse_a = torch.tensor([[1.0e4, -1.0e4, 5.0]])
     lse_b = torch.tensor([[-1.0e4, 1.0e4, 5.0]])
-    out, lse = ring.merge_partial(out_a, lse_a, out_b, lse_b)
+    out, lse = online_softmax.merge_partial(out_a, lse_a, out_b, lse_b)
     torch.testing.assert_close(lse, torch.tensor([[1.0e4, 1.0e4, 5.0 + torch.log(torch.tensor(2.0)).item()]]))
     torch.testing.assert_close(out[0, :, 0], torch.tensor([1.0, 3.0, 2.0]))
-    naive_out, naive_lse = ring.merge_partial_naive(out_a, lse_a, out_b, lse_b)
+    naive_out, naive_lse = online_softmax.merge_partial_naive(out_a, lse_a, out_b, lse_b)
     assert torch.isinf(naive_lse[0, 1])  # exp(2e4) = inf: the naive form overflows
     assert not torch.isfinite(naive_out[0, 1]).all() or not torch.allclose(naive_out[0, 1], out[0, 1])
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
@@ -99,7 +99,7 @@ def test_merge_with_empty_sides():
     out_b = torch.tensor([[[5.0], [0.0], [0.0]]])
     lse_a = torch.tensor([[inf, inf, 1.0]])
     lse_b = torch.tensor([[3.0, inf, inf]])
-    out, lse = ring.merge_partial(out_a, lse_a, out_b, lse_b)
+    out, lse = online_softmax.merge_partial(out_a, lse_a, out_b, lse_b)
     assert out.flatten().tolist() == [5.0, 0.0, 2.0]
     assert lse.flatten().tolist() == [3.0, inf, 1.0]
 
@@ -239,9 +239,9 @@ def test_errors_on_bad_arguments():
     with pytest.raises(ValueError, match="divisible by 8"):
         ring.ring_schedule(4, "zigzag", 12)
     with pytest.raises(TypeError, match="worker"):
-        ring.launch("not a function", 2)
+        ring_launcher.launch("not a function", 2)
     with pytest.raises(ValueError, match="timeout"):
-        ring.launch(print, 2, timeout=0)
+        ring_launcher.launch(print, 2, timeout=0)
 
 
 def test_unshard_refuses_parts_of_different_lengths():
@@ -332,7 +332,7 @@ def _subgroup_worker(rank, world_size):
     groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
     group = groups[rank // 2]
     case = RingCase(N_q=16, causal=True, layout="zigzag", H=2, H_kv=1, seed=20 + rank // 2)
-    q, k, v, _ = (ring.shard(x, rank % 2, 2, layout="zigzag") for x in ring._case_inputs(case))
+    q, k, v, _ = (ring.shard(x, rank % 2, 2, layout="zigzag") for x in ring_launcher.case_inputs(case))
     return ring.ring_attention(q, k, v, causal=True, layout="zigzag", group=group)
 
 
@@ -361,7 +361,7 @@ def _check_report(report, world_size):
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])
 def test_ring_matches_reference(world_size):
-    _check_report(ring.compare_with_reference(CASES[world_size], world_size, timeout=120), world_size)
+    _check_report(ring_launcher.compare_with_reference(CASES[world_size], world_size, timeout=120), world_size)
 
 
 def test_triton_local_block_matches_the_torch_tiles():
@@ -388,7 +388,7 @@ def test_triton_local_block_matches_the_torch_tiles():
 def test_fully_masked_rows_are_zero_with_minus_inf_lse():
     case = CASES[2][3]
     assert case.N_q > case.N_k and case.causal  # rows 0 .. N_q - N_k - 1 see no key
-    results = ring.launch(ring._cases_worker, 2, [case], timeout=120)
+    results = ring_launcher.launch(ring_launcher.cases_worker, 2, [case], timeout=120)
     out = ring.unshard([r[0]["out"] for r in results], layout=case.layout)
     lse = ring.unshard([r[0]["lse"] for r in results], layout=case.layout)
     dq = ring.unshard([r[0]["dq"] for r in results], layout=case.layout)
@@ -398,7 +398,7 @@ def test_fully_masked_rows_are_zero_with_minus_inf_lse():
 
 
 def test_ranks_that_disagree_get_the_same_error():
-    per_rank = ring.launch(_shape_errors_worker, 2, timeout=120)
+    per_rank = ring_launcher.launch(_shape_errors_worker, 2, timeout=120)
     for messages in per_rank:
         assert len(messages) == 4
         assert "ranks disagree" in messages[0] and "rank 0: (1, 2, 8" in messages[0]
@@ -409,10 +409,10 @@ def test_ranks_that_disagree_get_the_same_error():
 
 
 def test_group_argument_with_two_rings_in_four_processes():
-    outs = ring.launch(_subgroup_worker, 4, timeout=120)
+    outs = ring_launcher.launch(_subgroup_worker, 4, timeout=120)
     for ring_index in range(2):
         case = RingCase(N_q=16, causal=True, layout="zigzag", H=2, H_kv=1, seed=20 + ring_index)
-        q, k, v, _ = ring._case_inputs(case)
+        q, k, v, _ = ring_launcher.case_inputs(case)
         out = ring.unshard(outs[2 * ring_index : 2 * ring_index + 2], layout="zigzag")
         torch.testing.assert_close(out, attention(q, k, v, causal=True), atol=TOLERANCE, rtol=0)
 
@@ -420,19 +420,19 @@ def test_group_argument_with_two_rings_in_four_processes():
 def test_a_failing_rank_ends_the_group_with_its_error():
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"rank 1 of 2 raised .*ArithmeticError.*fails on purpose"):
-        ring.launch(_failing_worker, 2, timeout=60)
+        ring_launcher.launch(_failing_worker, 2, timeout=60)
     assert time.monotonic() - start < 45  # stopped when rank 1 died, not at the timeout
 
 
 def test_a_stuck_rank_ends_at_the_timeout():
     start = time.monotonic()
     with pytest.raises(TimeoutError, match="did not finish within 3"):
-        ring.launch(_stuck_worker, 2, timeout=3)
+        ring_launcher.launch(_stuck_worker, 2, timeout=3)
     assert time.monotonic() - start < 30
 
 
 def test_command_line(capsys):
-    assert ring.main(["--world-size", "2"]) == 0
+    assert ring_launcher.main(["--world-size", "2"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("< 1e-5: True") == 4 and "False" not in printed.replace("causal=False", "")
 
@@ -452,9 +452,12 @@ def test_memory_per_rank_is_one_over_p_and_one_incoming_shard_more_with_prefetch
     # blocks the ranks may reuse without touching new pages (after the other ring tests, a forked
     # P = 2 once measured 0.66 while alone it measures 0.55-0.6)
     spawn = dict(timeout=180, start_method="spawn")
-    single = ring.launch(ring.measure_worker, 1, config, **spawn)[0]["peak_bytes"]
-    pair = max(r["peak_bytes"] for r in ring.launch(ring.measure_worker, 2, config, **spawn))
-    lean = max(r["peak_bytes"] for r in ring.launch(ring.measure_worker, 2, {**config, "prefetch": False}, **spawn))
+    single = ring_launcher.launch(ring_launcher.measure_worker, 1, config, **spawn)[0]["peak_bytes"]
+    pair = max(r["peak_bytes"] for r in ring_launcher.launch(ring_launcher.measure_worker, 2, config, **spawn))
+    lean = max(
+        r["peak_bytes"]
+        for r in ring_launcher.launch(ring_launcher.measure_worker, 2, {**config, "prefetch": False}, **spawn)
+    )
     assert pair / single <= 0.5 * 1.25, (pair / 2**20, single / 2**20)
     assert lean / single <= 0.5 * 1.12, (lean / 2**20, single / 2**20)
     assert lean < pair, (lean / 2**20, pair / 2**20)  # the shard that prefetch holds

@@ -2,7 +2,7 @@
 
 Chapter: "One FlashAttention kernel for every sparse pattern" (chapters/*/14_block_sparse_flash.ipynb).
 The kernels that read a :class:`BlockMask` are :mod:`attnlib.optim.block_sparse` (PyTorch tiles)
-and the block-sparse entry points of :mod:`attnlib.optim.flash_triton` (Triton).
+and the block-sparse kernels of :mod:`attnlib.optim.block_sparse_triton` (Triton).
 
 The idea (PyTorch's FlexAttention, Dong et al., "Flex Attention: A Programming Model for
 Generating Optimized Attention Kernels", arXiv:2412.05496, Sec. 3.2 "BlockMask")

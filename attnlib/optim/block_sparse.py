@@ -2,8 +2,8 @@
 
 Chapter: "One FlashAttention kernel for every sparse pattern" (chapters/*/14_block_sparse_flash.ipynb).
 The pattern comes as a :class:`attnlib.optim.block_mask.BlockMask`; this module runs the schedule
-in PyTorch tiles and dispatches to the Triton kernels of :mod:`attnlib.optim.flash_triton`
-(:func:`~attnlib.optim.flash_triton.block_sparse_forward`, ``block_sparse_backward``).
+in PyTorch tiles and dispatches to the Triton kernels of :mod:`attnlib.optim.block_sparse_triton`
+(:func:`~attnlib.optim.block_sparse_triton.block_sparse_forward`, ``block_sparse_backward``).
 
 The schedule (FA-2 Alg. 1 and 2, Dao 2023, arXiv:2307.08691; FlexAttention's BlockMask, Dong et
 al. 2024, arXiv:2412.05496)::
@@ -38,14 +38,17 @@ Shape legend
 from __future__ import annotations
 
 import importlib
+import math
 import os
 
 import torch
 
-from .._checks import check_flag, check_qkv, check_tensor, first_order_only
+from .._checks import check_flag, check_qkv, check_tensor, first_order_only, resolve_scale
 from .block_mask import BlockMask
-from .flash import _compute_dtype, _resolve_scale, _zero_where_minus_inf
-from .ring import merge_partial
+from .online_softmax import compute_dtype, finish, merge_partial
+
+# A private name for the shared piece: chapter 14 prints _fold_in_, which calls it.
+from .online_softmax import zero_where_minus_inf as _zero_where_minus_inf
 
 __all__ = [
     "BACKENDS",
@@ -174,15 +177,6 @@ def _fold_in_(q_tile, k_wide, v_wide, allowed, acc, row_sum, row_max) -> torch.T
     return new_max
 
 
-def _finish(acc, row_sum, row_max):
-    """FA-2 Alg. 1 lines 12-13: ``(out: (B, H, M, b_q, d_v), lse: (B, H, M, b_q))``, dividing once.
-
-    A row that saw no key keeps ``acc = 0``, ``l = 0``: it gets 0 and ``lse = -inf``.
-    """
-    out = acc / torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum))  # (B, H, M, b_q, d_v)
-    return out, (row_max + torch.log(row_sum)).squeeze(-1)  # (B, H, M, b_q)
-
-
 def _attend_written_out(q_tile, k_wide, v_wide, allowed, scale: float):
     """:func:`_attend_fused`'s result with the softmax written out (:func:`_fold_in_` from an empty state).
 
@@ -194,7 +188,7 @@ def _attend_written_out(q_tile, k_wide, v_wide, allowed, scale: float):
     row_sum = torch.zeros(B, H, M, b_q, 1, dtype=q_tile.dtype, device=q_tile.device)  # (B, H, M, b_q, 1)
     row_max = torch.full_like(row_sum, float("-inf"))  # (B, H, M, b_q, 1)
     row_max = _fold_in_(q_tile * scale, k_wide, v_wide, allowed, acc, row_sum, row_max)
-    return _finish(acc, row_sum, row_max)
+    return finish(acc, row_sum, row_max)
 
 
 # PyTorch's fused FlashAttention kernel for CPUs, the one behind F.scaled_dot_product_attention on a
@@ -251,7 +245,7 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
 
     ``fused=True`` (on a CPU): each wide tile goes through PyTorch's fused FlashAttention kernel
     (:func:`_attend_fused`) and the two lists are merged by the logsumexp rule
-    (:func:`attnlib.optim.ring.merge_partial`); ``fused=False``, or
+    (:func:`attnlib.optim.online_softmax.merge_partial`); ``fused=False``, or
     on another device: the softmax written out (:func:`_fold_in_`). Same result.
     The fused kernel is skipped (the softmax written out instead) where it cannot give that result:
     when ``d_v != d`` (it needs one head size), and for a masked wide tile with a NaN or infinite
@@ -262,8 +256,8 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
     """
     B, H, H_kv, N_q, N_k, d = _check_inputs(q, k, v, block_mask)
     check_flag("fused", fused)
-    scale = _resolve_scale(scale, d)
-    dtype = _compute_dtype(q.dtype)
+    scale = resolve_scale(scale, 1.0 / math.sqrt(d))
+    dtype = compute_dtype(q.dtype)
     bm = block_mask
     b_q, b_k = bm.block_q, bm.block_k
     T_q, T_k = bm.num_tiles
@@ -305,7 +299,7 @@ def block_sparse_forward_torch(q, k, v, block_mask: BlockMask, *, scale: float |
         row_max = torch.full_like(row_sum, float("-inf"))  # (B, H, M, b_q, 1)
         for k_wide, v_wide, allowed in wide_tiles:
             row_max = _fold_in_(q_tile, k_wide, v_wide, allowed, acc, row_sum, row_max)  # Alg. 1 lines 8-10
-        out[:, :, rows], lse[:, :, rows] = _finish(acc, row_sum, row_max)  # Alg. 1 lines 12-13
+        out[:, :, rows], lse[:, :, rows] = finish(acc, row_sum, row_max)  # Alg. 1 lines 12-13
     out = out.flatten(2, 3)[:, :, :N_q].to(q.dtype)  # (B, H, N_q, d_v)
     return out, lse.flatten(2, 3)[:, :, :N_q].contiguous()  # (B, H, N_q)
 
@@ -328,8 +322,8 @@ def block_sparse_backward_torch(q, k, v, out, lse, dout, block_mask: BlockMask, 
     ``out: (B, H, N_q, d_v)`` and ``lse: (B, H, N_q)`` are the forward's, ``dout`` is shaped as ``out``.
     """
     B, H, H_kv, N_q, N_k, d = _check_inputs(q, k, v, block_mask)
-    scale = _resolve_scale(scale, d)
-    dtype = _compute_dtype(q.dtype)
+    scale = resolve_scale(scale, 1.0 / math.sqrt(d))
+    dtype = compute_dtype(q.dtype)
     G = H // H_kv
     d_v = v.shape[-1]
     _check_saved("out", out, (B, H, N_q, d_v), "(B, H, N_q, d_v)", q.device)
@@ -410,11 +404,11 @@ class BlockSparseAttentionFunction(torch.autograd.Function):
 
 
 def _triton_module():
-    """``attnlib.optim.flash_triton`` (imported on demand: importing attnlib never imports triton), or None."""
+    """``attnlib.optim.block_sparse_triton`` (imported on demand: importing attnlib never imports triton), or None."""
     try:
         import triton  # noqa: F401
 
-        return importlib.import_module("attnlib.optim.flash_triton")
+        return importlib.import_module("attnlib.optim.block_sparse_triton")
     except ImportError:
         return None
 

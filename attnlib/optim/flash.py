@@ -59,6 +59,11 @@ import torch
 
 from .._checks import check_flag, check_positive_int, check_qkv, check_tensor, first_order_only, resolve_scale
 
+# Private names for the shared pieces: chapter 10 prints the functions below that call them.
+from .online_softmax import compute_dtype as _compute_dtype
+from .online_softmax import finish
+from .online_softmax import zero_where_minus_inf as _zero_where_minus_inf
+
 __all__ = [
     "DEFAULT_BLOCK_Q",
     "DEFAULT_BLOCK_K",
@@ -158,20 +163,6 @@ def flash_memory_traffic_bytes(
 # --------------------------------------------------------------------------
 # 2. Softmax in one pass over blocks
 # --------------------------------------------------------------------------
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulate in fp32 (fp64 for fp64 input, so that gradcheck is exact)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _zero_where_minus_inf(row_max: torch.Tensor) -> torch.Tensor:
-    """Replace a max of ``-inf`` (a row with nothing to attend to yet) by 0.
-
-    ``exp(s - m)`` with ``s = m = -inf`` is ``exp(nan)``; with ``m`` replaced by 0
-    it is ``exp(-inf) = 0``, the empty row we want.
-    """
-    return torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
 
 
 def safe_softmax(x: torch.Tensor) -> torch.Tensor:
@@ -380,8 +371,7 @@ def tiled_attention_forward(
             row_max = _forward_tile_(q_tile, k_tile, v_tile, hidden, acc, row_sum, row_max)  # Alg. 1 lines 8-10
 
         # Alg. 1 line 12: divide by l once; a row that saw no key has acc = 0, l = 0 -> output 0
-        out_tile = acc / torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum))  # (B, H_kv, G * B_r, d_v)
-        lse_tile = row_max + torch.log(row_sum)  # (B, H_kv, G * B_r, 1)  Alg. 1 line 13; -inf + log 0 = -inf
+        out_tile, lse_tile = finish(acc, row_sum, row_max)  # Alg. 1 lines 12-13: divide once, lse = m + log(l)
         # Alg. 1 lines 14-15
         out_grouped[:, :, :, q_start:q_stop] = out_tile.view(B, H_kv, G, -1, d_v)  # (B, H_kv, G, B_r, d_v)
         lse_grouped[:, :, :, q_start:q_stop] = lse_tile.view(B, H_kv, G, -1)  # (B, H_kv, G, B_r)
