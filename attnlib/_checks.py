@@ -1,9 +1,12 @@
-"""Input checks shared by every attention kernel in attnlib.
+"""Input checks shared by every module of attnlib: attention kernels, vision mixers, models.
 
 Every public function validates its arguments with these helpers, so that bad
 input fails early with a message that names the argument, what was expected and
 what came, instead of a broadcasting error deep inside a matmul (or, worse, a
-silent wrong answer).
+silent wrong answer). The last two sections add what a module with weights needs: the input in
+the dtype and on the device of the weights, at least one image, finite hyperparameters, and
+``q, k, v`` of one dtype and device for the kernels whose keys come from a reduced or sampled map
+(``N_k != N_q``).
 
 Shape legend used throughout attnlib:
     B     batch size
@@ -16,8 +19,10 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import torch
+from torch import nn
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -97,6 +102,23 @@ def check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def check_heads(dim, num_heads) -> int:
+    """``dim`` and ``num_heads`` positive ints, ``num_heads`` dividing ``dim``; returns the head dimension."""
+    check_positive_int("dim", dim)
+    check_positive_int("num_heads", num_heads)
+    if dim % num_heads != 0:
+        raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+    return dim // num_heads
+
+
+def check_fits_map(name: str, size: int, height: int, width: int, *, reason: str = "") -> None:
+    """ValueError unless a ``size x size`` cell (a reduction ratio, a stride) fits a ``height x width`` map."""
+    if size > height or size > width:
+        raise ValueError(
+            f"{name} must be at most the map's height and width{reason}, got {name}={size} for a {height} x {width} map"
+        )
+
+
 def check_tokens(name: str, x, channels: int | None = None) -> None:
     """``x`` must be ``(B, N, C)`` tokens, with ``C == channels`` when given."""
     check_tensor(name, x, ndim=3)
@@ -146,3 +168,99 @@ def first_order_only(name: str):
         return checked
 
     return decorate
+
+
+# --------------------------------------------------------------------------
+# Numbers and dtypes of a module's settings
+# --------------------------------------------------------------------------
+
+
+def check_real(name: str, value, *, allow_zero: bool = False) -> None:
+    """``value`` must be a finite real number (not a bool), positive (or zero with ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+
+# --------------------------------------------------------------------------
+# Modules with weights, feature maps (the vision mixers)
+# --------------------------------------------------------------------------
+
+
+def check_like_module(name: str, x: torch.Tensor, module: nn.Module) -> None:
+    """``x`` must have the dtype and device of ``module``'s parameters (dtype free under autocast).
+
+    Otherwise the first matmul fails with "mat1 and mat2 must have the same dtype", or, for a
+    module on the meta device, runs without computing anything.
+    """
+    parameter = next(module.parameters(), None)
+    if parameter is None:
+        return
+    if x.device != parameter.device:
+        raise ValueError(
+            f"{name} must be on the device of the module's parameters ({parameter.device}), got {x.device}; "
+            f"move one of them (x.to({str(parameter.device)!r}) or module.to({str(x.device)!r}))"
+        )
+    if x.dtype != parameter.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"{name} must have the dtype of the module's parameters ({parameter.dtype}), got {x.dtype}; "
+            f"convert one of them (x.to({parameter.dtype}) or module.to({x.dtype}))"
+        )
+
+
+def check_batch(name: str, x: torch.Tensor) -> None:
+    """``x`` must hold at least one image (a batch of 0 fails deep inside a reshape)."""
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must have at least one image (B >= 1), got shape {tuple(x.shape)}")
+
+
+def check_positive_finite(name: str, value) -> float:
+    """``value`` must be a real int or float (not a bool), finite and > 0; returned as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number (int or float), got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return float(value)
+
+
+def check_finite_number(name: str, value) -> float:
+    """``value`` must be a real int or float (not a bool), finite; returned as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number (int or float), got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def check_float_dtype(name: str, dtype) -> None:
+    """``dtype`` must be one of the floating dtypes attnlib computes in."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating torch.dtype (float16/bfloat16/float32/float64), got {dtype!r}")
+
+
+def check_query_key_value(q, k, v, *, key_tokens: str = "Ns") -> None:
+    """``q: (B, h, N, d)`` and ``k, v: (B, h, M, d)``, of one dtype and device, none empty.
+
+    For kernels whose keys are fewer than the queries (a reduced or sampled map); ``key_tokens``
+    names ``M`` in the messages.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, ndim=4)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got q {q.device}, k {k.device}, v {v.device}")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q must be (B, nh, N, d) and k, v (B, nh, {key_tokens}, d) with the same B, nh and d, "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if q.shape[0] == 0 or q.shape[1] == 0:
+        raise ValueError(f"q must have at least one batch element and one head, got shape {tuple(q.shape)}")
+    if q.shape[-1] == 0:
+        raise ValueError(f"the head dimension must be at least 1, got d={q.shape[-1]}")
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError(f"q and k must have at least one token, got N={q.shape[2]}, {key_tokens}={k.shape[2]}")

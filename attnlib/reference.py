@@ -34,7 +34,16 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_flag, check_mask, check_positive_int, check_qkv, check_tensor, check_tokens, resolve_scale
+from ._checks import (
+    check_flag,
+    check_heads,
+    check_mask,
+    check_positive_int,
+    check_qkv,
+    check_tensor,
+    check_tokens,
+    resolve_scale,
+)
 
 __all__ = [
     "attention",
@@ -205,8 +214,7 @@ class MultiHeadSelfAttention(nn.Module):
         check_positive_int("num_heads", num_heads)
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         check_positive_int("num_kv_heads", num_kv_heads)
-        if dim % num_heads != 0:
-            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        check_heads(dim, num_heads)
         if num_heads % num_kv_heads != 0:
             raise ValueError(
                 f"num_kv_heads must divide num_heads, got num_heads={num_heads}, num_kv_heads={num_kv_heads}"

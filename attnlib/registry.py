@@ -199,10 +199,10 @@ METHODS: list[Method] = [
         url="https://arxiv.org/abs/2311.16867",
         time_cost="O(N^2 d) per sequence; O(N d) per decoded token with the KV cache",
         memory_cost="KV cache 2 L B H_kv N d elements (H_kv = 1: H times smaller than multi-head)",
-        # the attention kernel Falcon runs on; the model (attnlib.optim.falcon) has its own decoding benchmark,
+        # the attention kernel Falcon runs on; the model (attnlib.models.falcon) has its own decoding benchmark,
         # benchmarks/falcon_decode.py
         attention="attnlib.optim.flash:flash_attention",
-        module="attnlib.optim.falcon:FalconForCausalLM",
+        module="attnlib.models.falcon:FalconForCausalLM",
         pattern=None,
         exactness="shared heads",
         chapter="12_falcon.ipynb",

@@ -1,4 +1,4 @@
-"""Decoding benchmark of attnlib.optim.falcon: KV-cache bytes and tokens per second, MHA vs GQA vs MQA.
+"""Decoding benchmark of attnlib.models.falcon: KV-cache bytes and tokens per second, MHA vs GQA vs MQA.
 
 For each head setting (multi-head, grouped-query, multi-query) and each prompt length P, one
 fresh process builds the same model except for its key/value heads, fills a KV cache with a
@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from attnlib import bench  # noqa: E402
-from attnlib.optim.falcon import FalconConfig, FalconForCausalLM, KVCache, kv_cache_bytes  # noqa: E402
+from attnlib.models.falcon import FalconConfig, FalconForCausalLM, KVCache, kv_cache_bytes  # noqa: E402
 
 # (name, new_decoder_architecture, num_kv_heads) for H = 8 query heads
 SETTINGS = {"mha": (False, 8), "gqa": (True, 2), "mqa": (False, 1)}

@@ -1,4 +1,4 @@
-"""Bad input to attnlib.optim.falcon: each case fails with a clear error that names the argument.
+"""Bad input to attnlib.models.falcon: each case fails with a clear error that names the argument.
 
 The cases: backward through two cached forward calls (the KV cache is written in place), a cache
 built for another model, a padded batch passed to ``generate``, flags that are not bools, and the
@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from attnlib.optim.falcon import FalconConfig, FalconForCausalLM, KVCache, kv_cache_bytes
+from attnlib.models.falcon import FalconConfig, FalconForCausalLM, KVCache, kv_cache_bytes
 
 
 def make_model(H_kv: int = 1, *, new_arch: bool = False, dtype=torch.float32, **overrides) -> FalconForCausalLM:

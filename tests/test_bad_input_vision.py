@@ -439,7 +439,7 @@ BAD_CALLS = [
     ("PoolFormerMlp channels", lambda: poolformer.PoolFormerMlp(8, 4)(torch.zeros(1, 4, 4, 3)), ValueError,
      "x must have C=8 channels"),
     ("pooling_mixing_matrix dtype", lambda: poolformer.pooling_mixing_matrix(4, 4, 3, dtype=torch.long), TypeError,
-     "dtype must be a floating dtype"),
+     "dtype must be a floating torch.dtype"),
     # CoaT
     ("factorized_attention dtypes", lambda: coat.factorized_attention(_q4, _q4.double(), _q4), TypeError,
      "q, k, v must share one dtype"),
@@ -453,7 +453,7 @@ BAD_CALLS = [
     ("conv_att_mixing_matrix prefix bool", lambda: coat.conv_att_mixing_matrix(_coat.attn, torch.zeros(1, 65, 8),
      (8, 8), num_prefix_tokens=True), ValueError, "num_prefix_tokens must be 0 or 1"),
     ("conv_att_mixing_matrix dtype", lambda: coat.conv_att_mixing_matrix(_coat.attn, torch.zeros(1, 65, 8), (8, 8),
-     dtype=torch.long), TypeError, "dtype must be a floating dtype"),
+     dtype=torch.long), TypeError, "dtype must be a floating torch.dtype"),
 ]  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Tests for attnlib.optim.falcon: a Falcon-style model on FlashAttention, with a KV cache."""
+"""Tests for attnlib.models.falcon: a Falcon-style model on FlashAttention, with a KV cache."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnlib import registry
-from attnlib.optim.falcon import (
+from attnlib.models.falcon import (
     FalconConfig,
     FalconForCausalLM,
     KVCache,

@@ -42,8 +42,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import check_flag, check_positive_int, check_tensor, resolve_scale
-from .._vision_checks import check_batch, check_float_dtype, check_like_module
+from .._checks import (
+    check_batch,
+    check_flag,
+    check_float_dtype,
+    check_heads,
+    check_like_module,
+    check_positive_int,
+    check_tensor,
+    resolve_scale,
+)
 
 __all__ = [
     "factorized_attention",
@@ -193,10 +201,7 @@ class FactorAttConvRelPosEnc(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, window: dict[int, int] | None = None):
         super().__init__()
-        check_positive_int("dim", dim)
-        check_positive_int("num_heads", num_heads)
-        if dim % num_heads != 0:
-            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        check_heads(dim, num_heads)
         check_flag("qkv_bias", qkv_bias)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.scale = self.head_dim**-0.5

@@ -35,8 +35,7 @@ import math
 import torch
 from torch import nn
 
-from .._checks import check_positive_int, check_tensor
-from .._vision_checks import check_batch, check_like_module
+from .._checks import check_batch, check_like_module, check_positive_int, check_tensor
 
 __all__ = ["MlpBlock", "TokenMixing", "MixerBlock", "token_mixing_jacobian", "make_mixer"]
 

@@ -33,13 +33,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import check_flag, check_positive_int, check_tensor
-from .._vision_checks import (
+from .._checks import (
     check_batch,
     check_finite_number,
+    check_flag,
     check_float_dtype,
     check_like_module,
     check_positive_finite,
+    check_positive_int,
+    check_tensor,
 )
 
 __all__ = ["Pooling", "GroupNorm1", "PoolFormerMlp", "PoolFormerBlock", "pooling_mixing_matrix", "make_mixer"]

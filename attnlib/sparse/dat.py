@@ -63,8 +63,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_flag, check_positive_int, check_tensor, resolve_scale
-from .._vision_checks import check_batch, check_like_module, check_positive_finite, check_query_key_value
+from .._checks import (
+    check_batch,
+    check_fits_map,
+    check_flag,
+    check_heads,
+    check_like_module,
+    check_positive_finite,
+    check_positive_int,
+    check_query_key_value,
+    check_tensor,
+    resolve_scale,
+)
 
 # Query chunks handed to grid_sample as batch entries (it parallelizes over its batch axis only).
 _BIAS_CHUNKS = 8
@@ -314,8 +324,7 @@ class DeformableAttention(nn.Module):
             ("offset_kernel_size", offset_kernel_size),
         ):
             check_positive_int(name, value)
-        if dim % num_heads != 0:
-            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        check_heads(dim, num_heads)
         if num_heads % n_groups != 0:
             raise ValueError(
                 f"num_heads must be divisible by n_groups (heads of a group share offsets), "
@@ -327,10 +336,7 @@ class DeformableAttention(nn.Module):
             )
         check_positive_finite("offset_range_factor", offset_range_factor)
         check_flag("use_pe", use_pe)
-        if stride > height or stride > width:
-            raise ValueError(
-                f"stride must be at most the map's height and width, got stride={stride} for a {height} x {width} map"
-            )
+        check_fits_map("stride", stride, height, width)
         self.dim, self.num_heads, self.height, self.width = dim, num_heads, height, width
         self.n_groups, self.stride, self.offset_range_factor = n_groups, stride, float(offset_range_factor)
         self.head_dim = dim // num_heads

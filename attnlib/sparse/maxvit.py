@@ -56,16 +56,14 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch import nn
 
 from .._checks import check_flag, check_positive_int, check_qkv, resolve_scale
-from .._vision_checks import check_batch, check_like_module
 from .windows import (
     GatherPlan,
+    GroupedAttention2d,
     additive_bias_and_mask,
     block_partition,
     check_bias_table,
-    check_channels_last,
     check_map_size,
     from_groups,
     gather_plan,
@@ -208,7 +206,7 @@ def grid_attention(
     )  # fmt: skip
 
 
-class MaxViTPartitionAttention2d(nn.Module):
+class MaxViTPartitionAttention2d(GroupedAttention2d):
     """One MaxViT attention layer, block or grid, ``x: (B, H, W, C) -> (B, H, W, C)`` (channels last).
 
     The attention of timm's ``PartitionAttentionCl`` (without norm, MLP and residual): partition,
@@ -225,43 +223,20 @@ class MaxViTPartitionAttention2d(nn.Module):
         qkv_bias: bool = True,
         fused: bool = True,
     ):
-        super().__init__()
-        check_positive_int("dim", dim)
-        check_positive_int("num_heads", num_heads)
-        if dim % num_heads != 0:
-            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
         if partition_type not in PARTITION_TYPES:
             raise ValueError(f"partition_type must be one of {PARTITION_TYPES}, got {partition_type!r}")
         check_positive_int("partition_size", partition_size)
-        check_flag("qkv_bias", qkv_bias)
-        check_flag("fused", fused)
-        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        super().__init__(dim, num_heads, partition_size, qkv_bias=qkv_bias, fused=fused)
         self.partition_type, self.partition_size = partition_type, partition_size
-        self.scale = self.head_dim**-0.5
-        self.fused = fused  # PyTorch's fused kernel inside the groups; False: the softmax written out
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * partition_size - 1) ** 2, num_heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(partition_size), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_channels_last("x", x, self.dim)
-        check_batch("x", x)
-        check_like_module("x", x, self)
+        self.check_input(x)
         B, H, W, C = x.shape
         plan = maxvit_plan(H, W, self.partition_type, self.partition_size)  # ValueError if P or G does not fit
         compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         bias = relative_position_bias(self.relative_position_bias_table, self.relative_position_index)  # (h, T, T)
         additive = additive_bias_and_mask(bias, None, self.num_heads, compute_dtype, x.device)  # (1, h, T, T)
-
-        groups = to_groups(x.reshape(B, H * W, C), plan)  # (B, nW, T, C): block or grid partition
-        nW, T = groups.shape[1], groups.shape[2]
-        qkv = self.qkv(groups).view(B, nW, T, 3, self.num_heads, self.head_dim)  # (B, nW, T, 3, h, d)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, h, T, d)
-        out = group_attention(q, k, v, scale=self.scale, additive=additive, fused=self.fused)  # (B, nW, h, T, d)
-        out = self.proj(out.to(x.dtype).transpose(2, 3).reshape(B, nW, T, C))  # (B, nW, T, C)
-        return from_groups(out, plan).view(B, H, W, C)  # (B, H, W, C)
+        return self.attend_groups(x, plan, additive)  # block or grid partition; attention; reverse
 
     def extra_repr(self) -> str:
         return (

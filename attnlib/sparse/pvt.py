@@ -44,8 +44,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_flag, check_positive_int, check_tensor, resolve_scale
-from .._vision_checks import check_batch, check_like_module, check_query_key_value
+from .._checks import (
+    check_batch,
+    check_fits_map,
+    check_flag,
+    check_heads,
+    check_like_module,
+    check_positive_int,
+    check_query_key_value,
+    check_tensor,
+    resolve_scale,
+)
 
 __all__ = [
     "check_reduction",
@@ -70,11 +79,7 @@ def check_reduction(height: int, width: int, sr_ratio: int) -> None:
     check_positive_int("height", height)
     check_positive_int("width", width)
     check_positive_int("sr_ratio", sr_ratio)
-    if sr_ratio > height or sr_ratio > width:
-        raise ValueError(
-            f"sr_ratio must be at most the map's height and width (a larger reduction leaves no key), "
-            f"got sr_ratio={sr_ratio} for a {height} x {width} map"
-        )
+    check_fits_map("sr_ratio", sr_ratio, height, width, reason=" (a larger reduction leaves no key)")
 
 
 def reduce_map(x: torch.Tensor, sr: nn.Conv2d, norm: nn.LayerNorm) -> torch.Tensor:
@@ -175,8 +180,7 @@ class SpatialReductionAttention(nn.Module):
         check_positive_int("dim", dim)
         check_positive_int("num_heads", num_heads)
         check_positive_int("sr_ratio", sr_ratio)
-        if dim % num_heads != 0:
-            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        check_heads(dim, num_heads)
         check_flag("qkv_bias", qkv_bias)
         self.dim, self.num_heads, self.sr_ratio = dim, num_heads, sr_ratio
         self.head_dim = dim // num_heads

@@ -132,7 +132,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_flag, check_mask, check_positive_int, check_tensor, check_tokens, resolve_scale
+from .._checks import check_flag, check_heads, check_mask, check_positive_int, check_tensor, check_tokens, resolve_scale
 from ..reference import attention, attention_weights, causal_mask
 
 __all__ = [
@@ -834,8 +834,7 @@ class ReformerSelfAttention(nn.Module):
             _check_n_buckets(n_buckets)
         check_flag("causal", causal)
         _check_generator_and_seed(None, seed)
-        if dim % num_heads != 0:
-            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        check_heads(dim, num_heads)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.n_hashes, self.chunk_size, self.n_buckets = n_hashes, chunk_size, n_buckets
         self.causal, self.seed = causal, seed

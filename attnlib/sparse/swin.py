@@ -65,16 +65,14 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .._checks import check_flag, check_positive_int, check_qkv, resolve_scale
-from .._vision_checks import check_batch, check_like_module
 from .windows import (
     GatherPlan,
+    GroupedAttention2d,
     additive_bias_and_mask,
     block_partition,
     check_bias_table,
-    check_channels_last,
     check_map_size,
     from_groups,
     gather_plan,
@@ -268,7 +266,7 @@ def swin_attention(
     return out.view(B, N, h, d).transpose(1, 2).to(q.dtype)  # (B, h, N, d)
 
 
-class SwinWindowAttention2d(nn.Module):
+class SwinWindowAttention2d(GroupedAttention2d):
     """Swin's (shifted) window multi-head self-attention, ``x: (B, H, W, C) -> (B, H, W, C)``.
 
     The attention of one ``SwinTransformerBlock`` of the official code (without norm, MLP and
@@ -292,34 +290,18 @@ class SwinWindowAttention2d(nn.Module):
         qkv_bias: bool = True,
         fused: bool = True,
     ):
-        super().__init__()
-        check_positive_int("dim", dim)
-        check_positive_int("num_heads", num_heads)
-        if dim % num_heads != 0:
-            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
         _check_window_and_shift(window_size, shift_size)
-        check_flag("qkv_bias", qkv_bias)
-        check_flag("fused", fused)
         if input_resolution is not None:  # the official clipping, once, at construction
             if not (isinstance(input_resolution, tuple | list) and len(input_resolution) == 2):
                 raise ValueError(f"input_resolution must be (height, width), got {input_resolution!r}")
             window_size, shift_size = swin_window_and_shift(*input_resolution, window_size, shift_size)
             input_resolution = tuple(input_resolution)
-        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        super().__init__(dim, num_heads, window_size, qkv_bias=qkv_bias, fused=fused)
         self.window_size, self.shift_size = window_size, shift_size
         self.input_resolution = input_resolution
-        self.fused = fused  # PyTorch's fused kernel inside the windows; False: the softmax written out
-        self.scale = self.head_dim**-0.5
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_channels_last("x", x, self.dim)
-        check_batch("x", x)
-        check_like_module("x", x, self)
+        self.check_input(x)
         B, H, W, C = x.shape
         if self.input_resolution is not None and (H, W) != self.input_resolution:
             raise ValueError(
@@ -332,14 +314,7 @@ class SwinWindowAttention2d(nn.Module):
         additive, plan = _bias_and_mask(
             self.relative_position_bias_table, self.window_size, H, W, M, s, compute_dtype, x.device
         )  # (nW or 1, h, T, T)
-
-        windows = to_groups(x.reshape(B, H * W, C), plan)  # (B, nW, T, C): pad, roll, partition
-        nW, T = windows.shape[1], windows.shape[2]
-        qkv = self.qkv(windows).view(B, nW, T, 3, self.num_heads, self.head_dim)  # (B, nW, T, 3, h, d)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, h, T, d)
-        out = group_attention(q, k, v, scale=self.scale, additive=additive, fused=self.fused)  # (B, nW, h, T, d)
-        out = self.proj(out.to(x.dtype).transpose(2, 3).reshape(B, nW, T, C))  # (B, nW, T, C)
-        return from_groups(out, plan).view(B, H, W, C)  # (B, H, W, C): reverse, roll back, crop
+        return self.attend_groups(x, plan, additive)  # pad, roll, partition; attention; reverse, roll back, crop
 
     def extra_repr(self) -> str:
         return (

@@ -1,4 +1,4 @@
-"""Window helpers shared by Swin (``swin.py``) and MaxViT (``maxvit.py``).
+"""Window helpers and the attention layer shared by Swin (``swin.py``) and MaxViT (``maxvit.py``).
 
 Both methods cut the ``H x W`` feature map into groups of ``T = M * M`` pixels and run
 ordinary softmax attention inside each group, with a learned relative position bias:
@@ -18,6 +18,9 @@ The relative position bias follows the official Swin code (``WindowAttention``):
 timm's MaxViT (``maxxvit.py``, ``RelPosBias``) uses the same table and index (its ``*_tf_*`` ports
 use another layout: see ``maxvit.py``).
 
+:class:`GroupedAttention2d` is the layer both build on: ``qkv``, the bias table, attention inside
+each group, ``proj``; Swin's layer adds the shift and its mask, MaxViT's the choice of partition.
+
 The library path never builds an ``N x N`` matrix: the scores are ``(B * nW, h, T, T)``.
 :func:`dense_biased_attention` and :func:`dense_relative_position_bias` *do* build it:
 they are the test oracle and serve small figures.
@@ -36,8 +39,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .._checks import check_flag, check_positive_int, check_tensor, resolve_scale
+from .._checks import (
+    check_batch,
+    check_flag,
+    check_heads,
+    check_like_module,
+    check_positive_int,
+    check_tensor,
+    resolve_scale,
+)
 
 __all__ = [
     "block_partition",
@@ -55,6 +67,7 @@ __all__ = [
     "dense_relative_position_bias",
     "dense_biased_attention",
     "check_channels_last",
+    "GroupedAttention2d",
 ]
 
 
@@ -451,3 +464,50 @@ def check_channels_last(name: str, x, channels: int) -> None:
 def check_map_size(height, width) -> None:
     check_positive_int("height", height)
     check_positive_int("width", width)
+
+
+# --------------------------------------------------------------------------
+# The layer Swin and MaxViT share
+# --------------------------------------------------------------------------
+
+
+class GroupedAttention2d(nn.Module):
+    """Multi-head attention inside groups of ``T = M * M`` pixels with a relative position bias, ``(B, H, W, C)``.
+
+    What Swin's ``SwinWindowAttention2d`` and MaxViT's ``MaxViTPartitionAttention2d`` share: the
+    parameters (named as in the official codes, so that their state dicts load:
+    ``relative_position_bias_table`` of ``((2M - 1)^2, h)``, ``qkv``, ``proj``) and the path
+    partition -> ``qkv`` -> Eq. (4) per group -> ``proj`` -> reverse (:meth:`attend_groups`). A
+    subclass chooses the groups (a :class:`GatherPlan`) and the additive bias and mask.
+    """
+
+    def __init__(self, dim: int, num_heads: int, group_side: int, *, qkv_bias: bool, fused: bool):
+        super().__init__()
+        check_heads(dim, num_heads)
+        check_flag("qkv_bias", qkv_bias)
+        check_flag("fused", fused)
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.fused = fused  # PyTorch's fused kernel inside the groups; False: the softmax written out
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * group_side - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index(group_side), persistent=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """``x: (B, H, W, C)`` channels last with ``C = dim``, one image or more, in the weights' dtype and device."""
+        check_channels_last("x", x, self.dim)
+        check_batch("x", x)
+        check_like_module("x", x, self)
+
+    def attend_groups(self, x: torch.Tensor, plan: GatherPlan, additive: torch.Tensor | None) -> torch.Tensor:
+        """``(B, H, W, C) -> (B, H, W, C)``: attention in the groups of ``plan``, ``additive: (nW or 1, h, T, T)``."""
+        B, H, W, C = x.shape
+        groups = to_groups(x.reshape(B, H * W, C), plan)  # (B, nW, T, C): partition (and pad, roll)
+        nW, T = groups.shape[1], groups.shape[2]
+        qkv = self.qkv(groups).view(B, nW, T, 3, self.num_heads, self.head_dim)  # (B, nW, T, 3, h, d)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, h, T, d)
+        out = group_attention(q, k, v, scale=self.scale, additive=additive, fused=self.fused)  # (B, nW, h, T, d)
+        out = self.proj(out.to(x.dtype).transpose(2, 3).reshape(B, nW, T, C))  # (B, nW, T, C)
+        return from_groups(out, plan).view(B, H, W, C)  # (B, H, W, C): reverse (and roll back, crop)

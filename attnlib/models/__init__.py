@@ -1,0 +1,1 @@
+"""Models built on the kernels: a Falcon-style language model (chapter 12)."""
