@@ -98,11 +98,17 @@ def test_twins_link_to_each_other(name):
     assert f"(../en/{name}.ipynb)" in source(load("ja", name)["cells"][0])
 
 
-def test_every_chapter_is_in_the_table_of_contents():
-    toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
-    for name in NAMES:
-        for language in nbbuild.LANGUAGES:
-            assert f"chapters/{language}/{name}" in toc, f"{language}/{name} is not in _toc.yml"
+def test_every_chapter_is_in_its_languages_table_of_contents_in_the_same_place():
+    """The English book (_toc.yml) lists the English chapters only, the Japanese one (_toc_ja.yml) the Japanese."""
+    order = {}
+    for language, toc_file in (("en", "_toc.yml"), ("ja", "_toc_ja.yml")):
+        toc = (ROOT / toc_file).read_text(encoding="utf-8")
+        files = re.findall(r"file: chapters/(en|ja)/(\w+)", toc)
+        assert {lang for lang, _ in files} == {language}, f"{toc_file} mixes the languages"
+        order[language] = [name for _, name in files]
+        for name in NAMES:
+            assert name in order[language], f"{language}/{name} is not in {toc_file}"
+    assert order["en"] == order["ja"], "the two books list their chapters in different orders"
 
 
 def test_japanese_chapters_are_written_in_japanese():
