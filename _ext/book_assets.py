@@ -63,7 +63,9 @@ JAPANESE_INTERFACE = {
     "Toggle hidden content": "隠れた内容を表示・非表示",
 }
 INTERFACE_ATTRIBUTE = re.compile(
-    r'((?:title|aria-label|placeholder|data-bs-title|data-bs-original-title)=")(' + "|".join(map(re.escape, JAPANESE_INTERFACE)) + r')"'
+    r'((?:title|aria-label|placeholder|data-bs-title|data-bs-original-title)=")('
+    + "|".join(map(re.escape, JAPANESE_INTERFACE))
+    + r')"'
 )
 LAYOUT_CSS = """\
 /* Wide outputs wrap or scroll inside their own box, never the page. */
@@ -108,7 +110,9 @@ def _page_context(app, pagename, templatename, context, doctree):
         if "thebe" not in str(getattr(script, "filename", script) or "")
         and "THEBE_JS_URL" not in str(getattr(script, "attributes", {}).get("body", ""))
     ]  # fmt: skip
-    context["css_files"] = [css for css in context.get("css_files", []) if "thebe" not in str(getattr(css, "filename", css))]
+    context["css_files"] = [
+        css for css in context.get("css_files", []) if "thebe" not in str(getattr(css, "filename", css))
+    ]
 
 
 def _characters_used(outdir: Path, language: str) -> set[int]:
@@ -154,7 +158,9 @@ def translate_interface(outdir: Path) -> None:
     toggle = outdir / "_static" / "togglebutton.js"
     if toggle.exists():
         text = toggle.read_text(encoding="utf-8")
-        toggle.write_text(text.replace("Toggle hidden content", JAPANESE_INTERFACE["Toggle hidden content"]), encoding="utf-8")
+        toggle.write_text(
+            text.replace("Toggle hidden content", JAPANESE_INTERFACE["Toggle hidden content"]), encoding="utf-8"
+        )
 
 
 def _copy_assets(app, exception):

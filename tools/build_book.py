@@ -74,19 +74,17 @@ def language_config(language: str) -> Path:
 
 
 def build(language: str) -> None:
-    output = BUILD if language == "en" else BUILD / language
-    command = [
-        str(Path(sys.executable).with_name("jupyter-book")), "build", ".", "--warningiserror", "--keep-going", "--quiet",
-        "--config", str(language_config(language)), "--toc", TOC[language], "--path-output", str(output.parent),
-    ]  # fmt: skip
-    if language != "en":  # jupyter-book writes into <path-output>/_build/html
-        command[-1] = str(BUILD / f"book-{language}")
-    env = dict(os.environ, BOOK_LANGUAGE=language)
-    subprocess.run(command, cwd=ROOT, env=env, check=True)
+    """One language's book: English into _build/html, another into _build/html/<language>."""
+    # jupyter-book writes into <path-output>/_build/html
+    output = ROOT if language == "en" else BUILD / f"book-{language}"
+    jupyter_book = str(Path(sys.executable).with_name("jupyter-book"))
+    config = str(language_config(language))
+    command = [jupyter_book, "build", ".", "--warningiserror", "--keep-going", "--quiet"]
+    command += ["--config", config, "--toc", TOC[language], "--path-output", str(output)]
+    subprocess.run(command, cwd=ROOT, check=True)
     if language != "en":
-        built = BUILD / f"book-{language}" / "_build" / "html"
         shutil.rmtree(HTML / language, ignore_errors=True)
-        shutil.move(str(built), str(HTML / language))
+        shutil.move(str(output / "_build" / "html"), str(HTML / language))
 
 
 def main() -> int:
