@@ -51,6 +51,48 @@ def test_notebooks_are_generated_from_their_source(name):
         assert stored == expected, f"{language}/{name}.ipynb is stale: run `python tools/nbbuild.py {name}`"
 
 
+import chapter_format  # noqa: E402
+
+COLUMNS = chapter_format.CODE_COLUMNS  # what the book's code and output boxes hold at 1280 px
+PRINTS_LIBRARY_SOURCE = re.compile(r"inspect\.getsource|\bshow\(")  # printed library code: the page wraps it
+
+
+def printed_text(cell: dict) -> list[str]:
+    """The plain-text lines a cell prints (streams, and text results without a richer form)."""
+    lines = []
+    for output in cell.get("outputs", []):
+        if output["output_type"] == "stream":
+            lines += source({"source": output["text"]}).splitlines()
+        elif "data" in output and set(output["data"]) == {"text/plain"}:
+            lines += source({"source": output["data"]["text/plain"]}).splitlines()
+    return lines
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_code_lines_fit_the_column(name):
+    too_long = [
+        line for cell in code_cells(load("en", name)) for line in source(cell).splitlines() if len(line) > COLUMNS
+    ]
+    assert not too_long, (
+        f"{name}: {len(too_long)} code lines over {COLUMNS} columns (tools/chapter_format.py {name}), "
+        f"first: {too_long[0]!r}"
+    )
+
+
+@pytest.mark.parametrize("language", nbbuild.LANGUAGES)
+@pytest.mark.parametrize("name", NAMES)
+def test_printed_lines_fit_the_column(name, language):
+    """Printed results fit the output box; a table is printed as a Markdown table, not as wide text."""
+    too_long = [
+        line
+        for cell in code_cells(load(language, name))
+        if not PRINTS_LIBRARY_SOURCE.search(source(cell))
+        for line in printed_text(cell)
+        if len(line) > COLUMNS
+    ]
+    assert not too_long, f"{language}/{name}: {len(too_long)} printed lines over {COLUMNS} columns: {too_long[:2]}"
+
+
 @pytest.mark.parametrize("language", nbbuild.LANGUAGES)
 @pytest.mark.parametrize("name", NAMES)
 def test_setup_cell_comes_first(name, language):

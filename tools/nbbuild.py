@@ -45,11 +45,19 @@ import os
 import subprocess
 import sys
 
+# The book's repository: repository.url in its _config.yml.
 REPO_URL = "{repo_url}"
 if "google.colab" in sys.modules and not os.path.isdir("/content/book"):
     # Colab: fetch the book and install attnlib from it; Colab's own torch is kept.
-    subprocess.run(["git", "clone", "--depth", "1", REPO_URL, "/content/book"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/book"], check=True)
+    clone = ["git", "clone", "-q", "--depth", "1", REPO_URL, "/content/book"]
+    if subprocess.run(clone).returncode != 0:
+        raise RuntimeError(
+            f"Could not fetch the book from {{REPO_URL}}. If you opened a fork, set"
+            " repository.url in its _config.yml to the fork's address and rebuild"
+            " (python tools/nbbuild.py), or set REPO_URL above to a public copy."
+        )
+    pip = [sys.executable, "-m", "pip", "install", "-q", "-e", "/content/book"]
+    subprocess.run(pip, check=True)
     sys.path.insert(0, "/content/book")
     os.chdir("/content/book/chapters/en")
 
