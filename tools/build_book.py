@@ -79,7 +79,8 @@ def build(language: str) -> None:
     output = ROOT if language == "en" else BUILD / f"book-{language}"
     jupyter_book = str(Path(sys.executable).with_name("jupyter-book"))
     config = str(language_config(language))
-    command = [jupyter_book, "build", ".", "--warningiserror", "--keep-going", "--quiet"]
+    # --all: the twin links are made when a page is read, so a page read by an earlier build keeps old ones
+    command = [jupyter_book, "build", ".", "--all", "--warningiserror", "--keep-going", "--quiet"]
     command += ["--config", config, "--toc", TOC[language], "--path-output", str(output)]
     subprocess.run(command, cwd=ROOT, check=True)
     if language != "en":
