@@ -13,7 +13,11 @@ Japanese under ``ja/``. This extension
   KB instead of 6 MB). Japanese text and figure labels then render on machines without a Japanese
   font, also from ``file://``, where a separately fetched font file is refused by the browser;
 * removes what the book does not use and that only logs console errors: sphinx-thebe's scripts
-  (added twice by Jupyter Book, the second copy throws), and sets the theme's default colour mode.
+  (added twice by Jupyter Book, the second copy throws), and sets the theme's default colour mode;
+* keeps every page light (tests/test_page_weight.py holds the budgets): the font subset is WOFF2;
+  the theme's Font Awesome script (1.5 MB, every icon of three packs) is cut down to the icons the
+  pages use; MathJax is loaded as its separate components without the 0.4 MB context menu; the
+  sphinx-design style sheet and script go only to pages that use sphinx-design.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ TWIN_TARGET = re.compile(r"chapters/(en|ja)/([\w-]+)")  # MyST resolves ../ja/NA
 FONT_CSS = """\
 @font-face {{
   font-family: "{family}";
-  src: url("data:font/ttf;base64,{data}") format("truetype");
+  src: url("data:font/woff2;base64,{data}") format("woff2");
   font-weight: 100 900; /* one face for every weight: bold is synthesized from it */
   unicode-range: {unicode_range};
   font-display: block;
@@ -67,6 +71,20 @@ INTERFACE_ATTRIBUTE = re.compile(
     + "|".join(map(re.escape, JAPANESE_INTERFACE))
     + r')"'
 )
+# MathJax 3.2.2 (_assets/mathjax: its LICENSE, and the components below as published in the
+# package's es5/ folder). The combined tex-svg.js would add the context menu (0.4 MB, loading more
+# on use); these components typeset the same TeX. TeX extensions beyond input/tex's (ams,
+# newcommand, ...) load from input/tex/extensions/ when a formula uses one of their macros: scripts,
+# which file:// allows.
+MATHJAX_ENTRY = "mathjax/startup.js"
+MATHJAX_COMPONENTS = ["input/tex", "output/svg", "a11y/assistive-mml"]  # assistive MathML: for screen readers
+# The theme's icons (Font Awesome 6, three packs registered in this order in its fontawesome.js).
+ICON_PACK_OF_CLASS = {"fab": "fab", "fa-brands": "fab", "far": "far", "fa-regular": "far"}  # else solid
+ICON_PACK_REGISTRATION = re.compile(r'\w+\("(fa[bsr])",(\w+)\),\w+\("fa-\w+",\2\)')
+CLASS_ATTRIBUTE = re.compile(r'class="([^"]*\bfa-[^"]*)"')
+ICON_CLASSES_IN_SCRIPT = re.compile(r'"((?:fa[bsr]?|fa-solid|fa-regular|fa-brands) fa-[\w-]+)"')
+ICON_BEFORE_RULE = re.compile(r'((?:\.fa-[\w-]+:before,?)+)\{content:"([^"]*)"\}')  # the web font's glyph of an icon
+ICON_CODEPOINT = re.compile(r'"\\([ef][0-9a-f]{3})\b')  # a private-use codepoint in a style sheet's string
 LAYOUT_CSS = """\
 /* Wide outputs wrap or scroll inside their own box, never the page. */
 .cell_output pre, .output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
@@ -113,6 +131,17 @@ def _page_context(app, pagename, templatename, context, doctree):
     context["css_files"] = [
         css for css in context.get("css_files", []) if "thebe" not in str(getattr(css, "filename", css))
     ]
+    if "sd-" not in body:  # sphinx-design's 55 KB style sheet and tab script, for pages that use it
+        for key, marker in (("css_files", "sphinx-design"), ("script_files", "design-tabs")):
+            context[key] = [item for item in context[key] if marker not in str(getattr(item, "filename", item))]
+
+
+def _configure_mathjax(app, config) -> None:
+    """Load MathJax as components (see MATHJAX_COMPONENTS), keeping the page's other MathJax settings."""
+    config.mathjax_path = MATHJAX_ENTRY
+    settings = dict(config.mathjax3_config or {})
+    settings["loader"] = {**settings.get("loader", {}), "load": MATHJAX_COMPONENTS}
+    config.mathjax3_config = settings
 
 
 def _characters_used(outdir: Path, language: str) -> set[int]:
@@ -131,21 +160,125 @@ def _characters_used(outdir: Path, language: str) -> set[int]:
 
 
 def subset_font(font_path: Path, characters: set[int]) -> bytes:
-    """The glyphs of ``characters`` from the font at ``font_path``, as TrueType bytes."""
+    """The glyphs of ``characters`` from the font at ``font_path``, as WOFF2 bytes."""
     from fontTools import subset
 
     options = subset.Options()
     options.layout_features = ["*"]  # vertical forms and the like: cheap, and kept correct
     options.name_IDs = ["*"]
     options.notdef_outline = True
+    options.flavor = "woff2"  # Brotli-compressed (needs the brotli package): about half the TrueType bytes
     font = subset.load_font(str(font_path), options)
     subsetter = subset.Subsetter(options)
     subsetter.populate(unicodes=sorted(characters))
     subsetter.subset(font)
     buffer = io.BytesIO()
-    font.flavor = None
     subset.save_font(font, buffer, options)
     return buffer.getvalue()
+
+
+def icons_used(outdir: Path) -> set[tuple[str, str]]:
+    """Every (pack, icon) that this build's pages and the theme's scripts name, e.g. ("fab", "github")."""
+    used = set()
+    classes = [m for path in outdir.rglob("*.html") for m in CLASS_ATTRIBUTE.findall(path.read_text(encoding="utf-8"))]
+    for script in (outdir / "_static" / "scripts").glob("*.js"):
+        if script.name != "fontawesome.js":
+            classes += ICON_CLASSES_IN_SCRIPT.findall(script.read_text(encoding="utf-8"))
+    for names in classes:
+        names = names.split()
+        pack = next((ICON_PACK_OF_CLASS[name] for name in names if name in ICON_PACK_OF_CLASS), "fas")
+        used.update((pack, name[3:]) for name in names if name.startswith("fa-"))
+    return used  # holds non-icon classes too (fa-lg, fa-solid): they match no icon
+
+
+def _object_entries(text: str, start: int) -> tuple[list[tuple[str, str]], int]:
+    """The entries (key, value's source) of the JavaScript object literal whose ``{`` is at ``start``,
+    and the index after its ``}``."""
+    entries, depth, key_start, colon, quote = [], 0, start + 1, None, None
+    index = start + 1
+    while True:
+        character = text[index]
+        if quote:
+            if character == "\\":
+                index += 1
+            elif character == quote:
+                quote = None
+        elif character in "\"'":
+            quote = character
+        elif character in "[{(":
+            depth += 1
+        elif character in ",]})" and depth == 0:
+            if colon is not None:
+                entries.append((text[key_start:colon].strip('"'), text[colon + 1 : index]))
+            if character != ",":
+                return entries, index + 1
+            key_start, colon = index + 1, None
+        elif character in "]})":
+            depth -= 1
+        elif character == ":" and depth == 0 and colon is None:
+            colon = index
+        index += 1
+
+
+def subset_icons(script: str, used: set[tuple[str, str]]) -> str:
+    """The theme's fontawesome.js with only the ``used`` icons left in its packs.
+
+    Each pack is an object literal, ``p={name:[width,height,[aliases],"unicode","path"],...}``,
+    registered by ``d("fab",p),d("fa-brands",p)``; the script's code (which turns ``<i class="fa-...">``
+    into the inline SVG the theme's style expects) is kept whole. An icon is also kept when a page
+    names it by one of its aliases.
+    """
+    pieces, position, found = [], 0, set()
+    for registration in ICON_PACK_REGISTRATION.finditer(script):
+        pack, variable = registration.groups()
+        start = script.rfind(variable + "={", position, registration.start()) + len(variable) + 1
+        entries, end = _object_entries(script, start)
+        kept = []
+        for name, value in entries:
+            aliases = set(re.findall(r'"([a-z0-9-]+)"', value.split("]", 1)[0]))
+            names = {name} | aliases
+            if any((pack, alias) in used for alias in names):
+                kept.append(f'"{name}":{value}')
+                found.update((pack, alias) for alias in names)
+        pieces += [script[position:start], "{" + ",".join(kept) + "}"]
+        position = end
+    if not pieces:
+        raise RuntimeError("fontawesome.js: no icon pack found; has the theme changed its Font Awesome build?")
+    pieces.append(script[position:])
+    return re.sub(r"\n//# sourceMappingURL=\S+\s*$", "\n", "".join(pieces))
+
+
+def trim_icon_fonts(static: Path, used: set[tuple[str, str]]) -> None:
+    """Cut the theme's Font Awesome web fonts to the glyphs its style sheets still name.
+
+    The theme draws a few icons with these fonts from its style sheets (admonition titles, external
+    links, breadcrumbs); the ``<i class="fa-...">`` icons show the font's glyph for a moment before
+    the script swaps them for SVG, which makes the browser load all three fonts (0.3 MB). The rules
+    that give each of the 1,900 icons its glyph are dropped for icons no page uses; every glyph that
+    a remaining rule or style names stays in the fonts.
+    """
+    names = {name for _, name in used}
+    sheet = static / "styles" / "pydata-sphinx-theme.css"
+
+    def keep_used(rule: re.Match) -> str:
+        selectors = rule.group(1).rstrip(",").split(",")
+        return rule.group(0) if any(s[4:-7] in names for s in selectors) else ""
+
+    sheet.write_text(ICON_BEFORE_RULE.sub(keep_used, sheet.read_text(encoding="utf-8")), encoding="utf-8")
+    codepoints = {int(code, 16) for css in static.rglob("*.css") for code in ICON_CODEPOINT.findall(css.read_text())}
+    from fontTools import subset
+
+    for font_path in (static / "vendor" / "fontawesome" / "webfonts").glob("*.*"):
+        if font_path.suffix not in (".woff2", ".ttf"):
+            continue
+        options = subset.Options()
+        options.flavor = "woff2" if font_path.suffix == ".woff2" else None
+        options.notdef_outline = True
+        font = subset.load_font(str(font_path), options)
+        subsetter = subset.Subsetter(options)
+        subsetter.populate(unicodes=sorted(codepoints & set(font.getBestCmap())))
+        subsetter.subset(font)
+        subset.save_font(font, str(font_path), options)
 
 
 def translate_interface(outdir: Path) -> None:
@@ -177,12 +310,18 @@ def _copy_assets(app, exception):
     shutil.copyfile(fonts / "IPA_Font_License_Agreement_v1.0.txt", static / "fonts" / "IPA_Font_License.txt")
     if book_language(app) == "ja":
         translate_interface(outdir)
+    fontawesome = static / "scripts" / "fontawesome.js"
+    icons = icons_used(outdir)
+    fontawesome.write_text(subset_icons(fontawesome.read_text(encoding="utf-8"), icons), encoding="utf-8")
+    trim_icon_fonts(static, icons)
+    fontawesome.with_name("fontawesome.js.map").unlink(missing_ok=True)  # maps the whole script, no longer this one
     font = subset_font(fonts / "ipaexg.ttf", _characters_used(outdir, book_language(app)))
     css = FONT_CSS.format(family=FONT_FAMILY, data=base64.b64encode(font).decode("ascii"), unicode_range=UNICODE_RANGE)
     (static / "book-fonts.css").write_text(css + LAYOUT_CSS, encoding="utf-8")
 
 
 def setup(app):
+    app.connect("config-inited", _configure_mathjax)
     app.connect("doctree-read", _link_twins)
     app.connect("html-page-context", _page_context)
     app.add_css_file("book-fonts.css")
