@@ -32,8 +32,6 @@ from docutils import nodes
 from sphinx import addnodes
 
 FONT_FAMILY = "IPAexGothic"
-# Japanese punctuation, kana, CJK ideographs, full-width forms: the font is used only for these.
-UNICODE_RANGE = "U+3000-30FF, U+3400-4DBF, U+4E00-9FFF, U+F900-FAFF, U+FF00-FFEF"
 ALWAYS_IN_SUBSET = [*range(0x3000, 0x3100), *range(0xFF01, 0xFF5F)]  # every kana and punctuation mark
 JAPANESE_CHARACTER = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
 ESCAPED_CHARACTER = re.compile(r"\\u([0-9a-fA-F]{4})")  # JSON in the pages (figure labels) escapes them
@@ -43,14 +41,20 @@ FONT_CSS = """\
   font-family: "{family}";
   src: url("data:font/woff2;base64,{data}") format("woff2");
   font-weight: 100 900; /* one face for every weight: bold is synthesized from it */
-  unicode-range: {unicode_range};
   font-display: block;
 }}
 html {{
-  --pst-font-family-base: -apple-system, BlinkMacSystemFont, "Segoe UI", "Helvetica Neue", Arial, "Noto Sans JP",
-    "Hiragino Sans", "Yu Gothic", "{family}", sans-serif;
+  /* The embedded subset first: it holds Japanese characters only, so Latin text falls through to
+     the fonts after it. Placed after a Latin font, Chromium drew a text's Japanese characters as
+     empty boxes with that font (on a machine without Japanese fonts) before the subset was used. */
+  --pst-font-family-base: "{family}", -apple-system, BlinkMacSystemFont, "Segoe UI", "Helvetica Neue", Arial,
+    "Noto Sans JP", "Hiragino Sans", "Yu Gothic", sans-serif;
   --pst-font-family-heading: var(--pst-font-family-base);
-  --pst-font-family-monospace: SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace, "{family}";
+  --pst-font-family-monospace: "{family}", SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace;
+}}
+/* The same for the figures' text (plotly writes its font list, attnlib.viz.PLOTLY_FONT, on each text). */
+.js-plotly-plot svg text {{
+  font-family: "{family}", "Open Sans", verdana, arial, "Noto Sans JP", sans-serif !important;
 }}
 """
 # The theme's interface strings that it writes in English whatever the language (hard-coded in its
@@ -86,7 +90,10 @@ ICON_CLASSES_IN_SCRIPT = re.compile(r'"((?:fa[bsr]?|fa-solid|fa-regular|fa-brand
 ICON_BEFORE_RULE = re.compile(r'((?:\.fa-[\w-]+:before,?)+)\{content:"([^"]*)"\}')  # the web font's glyph of an icon
 ICON_CODEPOINT = re.compile(r'"\\([ef][0-9a-f]{3})\b')  # a private-use codepoint in a style sheet's string
 LAYOUT_CSS = """\
-/* Wide outputs wrap or scroll inside their own box, never the page. */
+/* Code and printed output at 0.8rem: 84 columns fit the column at 1280 px (tools/chapter_format.py). */
+.cell_input pre, .cell_output pre { font-size: 0.8rem; }
+/* Printed text wraps inside its box, never the page: chapters print at most 84 columns
+   (tests/test_notebooks.py); what may be wider is printed library source, which wraps. */
 .cell_output pre, .output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 .bd-article .cell_output .output.text_html { overflow-x: auto; max-width: 100%; }
 .bd-article img { max-width: 100%; height: auto; }
@@ -316,7 +323,7 @@ def _copy_assets(app, exception):
     trim_icon_fonts(static, icons)
     fontawesome.with_name("fontawesome.js.map").unlink(missing_ok=True)  # maps the whole script, no longer this one
     font = subset_font(fonts / "ipaexg.ttf", _characters_used(outdir, book_language(app)))
-    css = FONT_CSS.format(family=FONT_FAMILY, data=base64.b64encode(font).decode("ascii"), unicode_range=UNICODE_RANGE)
+    css = FONT_CSS.format(family=FONT_FAMILY, data=base64.b64encode(font).decode("ascii"))
     (static / "book-fonts.css").write_text(css + LAYOUT_CSS, encoding="utf-8")
 
 
