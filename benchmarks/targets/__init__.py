@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,43 @@ def vision_mixer_targets(
         at_least(chapter, f"{label} speedup over SDPA at 12,544 tokens", median("sdpa") / median(method), min_speedup),
         at_most(chapter, f"{label} time slope (log time vs log N)", slope, max_slope),
     ]
+
+
+# Language benchmarks (chapters 05 and 06): rows of cpu_attention.csv and the ratios read from them.
+
+
+def attention_rows(results: Path, methods: tuple[str, ...], file: str = "cpu_attention.csv") -> list[dict]:
+    """The non-causal rows of ``methods`` that ran, from a language benchmark's committed CSV."""
+    from attnlib import bench
+
+    path = results / file
+    if not path.exists():
+        return []
+    return [
+        row
+        for row in bench.read_results(path)
+        if row["method"] in methods and not row["causal"] and not row["error"] and row["status"] == "ok"
+    ]
+
+
+def lookup(rows: list[dict], method: str, N: int) -> dict | None:
+    return next((row for row in rows if row["method"] == method and row["N"] == N), None)
+
+
+def speedup(rows: list[dict], method: str, other: str, N: int) -> float:
+    mine, theirs = lookup(rows, method, N), lookup(rows, other, N)
+    return theirs["median_s"] / mine["median_s"] if mine and theirs else math.nan
+
+
+def memory_ratio(rows: list[dict], method: str, other: str, N: int) -> float:
+    mine, theirs = lookup(rows, method, N), lookup(rows, other, N)
+    return mine["peak_mib"] / theirs["peak_mib"] if mine and theirs else math.nan
+
+
+def time_slope(rows: list[dict], method: str) -> float:
+    from attnlib import bench
+
+    mine = [row for row in rows if row["method"] == method]
+    if len({row["N"] for row in mine}) < 2:
+        return math.nan
+    return bench.fit_slope([row["N"] for row in mine], [row["median_s"] for row in mine])

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Target, at_least, at_most
-from .ch05_bigbird import _memory_ratio, _rows, _speedup, _time_slope
+from . import Target, at_least, at_most, attention_rows, memory_ratio, speedup, time_slope
 
 CHAPTER = "06_reformer"
 METHOD = "reformer"
 
 
 def targets(results: Path) -> list[Target]:
-    rows = _rows(results, ("dense", METHOD))
+    rows = attention_rows(results, ("dense", METHOD))
     return [
-        at_least(CHAPTER, "Reformer speedup over dense at N=4096", _speedup(rows, METHOD, "dense", 4096), 2.5),
-        at_least(CHAPTER, "Reformer speedup over dense at N=16384", _speedup(rows, METHOD, "dense", 16384), 8),
-        at_most(CHAPTER, "Reformer peak memory / dense's at N=4096", _memory_ratio(rows, METHOD, "dense", 4096), 0.25),
-        at_most(CHAPTER, "Reformer time slope over the committed N", _time_slope(rows, METHOD), 1.2),
+        at_least(CHAPTER, "Reformer speedup over dense at N=4096", speedup(rows, METHOD, "dense", 4096), 2.5),
+        at_least(CHAPTER, "Reformer speedup over dense at N=16384", speedup(rows, METHOD, "dense", 16384), 8),
+        at_most(CHAPTER, "Reformer peak memory / dense's at N=4096", memory_ratio(rows, METHOD, "dense", 4096), 0.25),
+        at_most(CHAPTER, "Reformer time slope over the committed N", time_slope(rows, METHOD), 1.2),
     ]
