@@ -95,7 +95,9 @@ LAYOUT_CSS = """\
 /* Printed text wraps inside its box, never the page: chapters print at most 84 columns
    (tests/test_notebooks.py); what may be wider is printed library source, which wraps. */
 .cell_output pre, .output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
-.bd-article .cell_output .output.text_html { overflow-x: auto; max-width: 100%; }
+/* Printed tables in the output's size too; on a phone a wide one scrolls inside its own box. */
+.bd-article .cell_output table { font-size: 0.8rem; }
+.bd-article .cell_output .output { overflow-x: auto; max-width: 100%; }
 .bd-article img { max-width: 100%; height: auto; }
 .bd-article mjx-container[display="true"] { overflow-x: auto; overflow-y: hidden; max-width: 100%; }
 """
