@@ -2,7 +2,7 @@
 
 For each pattern (causal, causal sliding window of N/8, BigBird with 3 random blocks per head)
 and each N, times the forward and the forward+backward of
-``attnlib.optim.flash_triton.block_sparse_attention_triton`` and of ``torch.compile(flex_attention)``
+``attnlib.optim.block_sparse_triton.block_sparse_attention_triton`` and of ``torch.compile(flex_attention)``
 given the *same* tile lists (``BlockMask.from_kv_blocks``, with the pattern's ``mask_mod`` for
 the partial tiles). Setting of the issue: B = 1, H = 16, d = 128, float16, tiles of 128 x 128
 (FlexAttention's default), N = 4K, 8K, 16K. Targets: at N >= 4K and d = 128, at least 0.9x

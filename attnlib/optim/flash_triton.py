@@ -1024,25 +1024,3 @@ device_capability = _capability
 launch_config = _configs
 upcast_dot = _upcast_dot
 on_device = _on_device
-
-
-# --------------------------------------------------------------------------------------
-# Kept until the chapters import from the new path (temporary)
-# --------------------------------------------------------------------------------------
-# The block-sparse wrappers moved to attnlib.optim.block_sparse_triton, which imports this module:
-# resolved lazily here.
-_MOVED_TO_BLOCK_SPARSE_TRITON = (
-    "block_sparse_forward",
-    "block_sparse_backward",
-    "block_sparse_attention_triton",
-    "block_sparse_unsupported_reason",
-    "compile_block_sparse_kernels",
-)
-
-
-def __getattr__(name):
-    if name in _MOVED_TO_BLOCK_SPARSE_TRITON:
-        from . import block_sparse_triton
-
-        return getattr(block_sparse_triton, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,7 +51,6 @@ import torch.distributed as dist
 
 from .._checks import check_flag, check_positive_int, check_qkv, check_tensor, first_order_only, resolve_scale
 from .flash import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, tiled_attention_backward, tiled_attention_forward
-from .online_softmax import merge_partial, merge_partial_naive  # re-exported: chapter 15 calls ring.merge_partial
 
 # A private name for the in-place merge: chapter 15 prints _forward_block_, which calls it.
 from .online_softmax import merge_partial_ as _merge_into_
@@ -62,8 +61,6 @@ __all__ = [
     "chunks_of_rank",
     "shard",
     "unshard",
-    "merge_partial",
-    "merge_partial_naive",
     "Piece",
     "visible_pieces",
     "ring_schedule",
@@ -760,25 +757,3 @@ def simulated_ring_attention(
     _check_divisible("N_k", k.shape[2], world_size, layout)
     scale = resolve_scale(scale, 1.0 / math.sqrt(q.shape[-1]))
     return _SimulatedRing.apply(q, k, v, causal, scale, world_size, layout, block_q, block_k)
-
-
-# --------------------------------------------------------------------------
-# Kept until the chapters import from the new path (temporary)
-# --------------------------------------------------------------------------
-# The process launcher, the comparison with the reference and the command line moved to
-# attnlib.optim.ring_launcher; these names still resolve here (lazily: the launcher imports this module).
-_MOVED_TO_LAUNCHER = ("launch", "RingCase", "compare_with_reference", "measure_worker", "main")
-
-
-def __getattr__(name):
-    if name in _MOVED_TO_LAUNCHER:
-        from . import ring_launcher
-
-        return getattr(ring_launcher, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if __name__ == "__main__":  # python -m attnlib.optim.ring: kept until the chapters name ring_launcher
-    from attnlib.optim.ring_launcher import main
-
-    raise SystemExit(main())
