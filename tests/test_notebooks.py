@@ -71,7 +71,10 @@ def printed_text(cell: dict) -> list[str]:
 @pytest.mark.parametrize("name", NAMES)
 def test_code_lines_fit_the_column(name):
     too_long = [
-        line for cell in code_cells(load("en", name)) for line in source(cell).splitlines() if len(line) > COLUMNS
+        line
+        for cell in code_cells(load("en", name))
+        for line in source(cell).splitlines()
+        if chapter_format.columns(line) > COLUMNS
     ]
     assert not too_long, (
         f"{name}: {len(too_long)} code lines over {COLUMNS} columns (tools/chapter_format.py {name}), "
@@ -88,7 +91,7 @@ def test_printed_lines_fit_the_column(name, language):
         for cell in code_cells(load(language, name))
         if not PRINTS_LIBRARY_SOURCE.search(source(cell))
         for line in printed_text(cell)
-        if len(line) > COLUMNS
+        if chapter_format.columns(line) > COLUMNS
     ]
     assert not too_long, f"{language}/{name}: {len(too_long)} printed lines over {COLUMNS} columns: {too_long[:2]}"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def hoist_long_comments(code: str) -> str:
                 comments[row - 1] = column
     for index in sorted(comments, reverse=True):
         line = lines[index]
-        if len(line) <= CODE_COLUMNS:
+        if columns(line) <= CODE_COLUMNS:
             continue
         column = comments[index]
         indent = line[: len(line) - len(line.lstrip())]
@@ -81,7 +82,7 @@ def format_source(path: Path) -> list[str]:
     failed = []
     for start, end in reversed(code_blocks(text)):
         body = "\n".join(lines[start:end]).strip("\n")
-        if all(len(line) <= CODE_COLUMNS for line in body.split("\n")):
+        if all(columns(line) <= CODE_COLUMNS for line in body.split("\n")):
             continue
         formatted = ruff_format(hoist_long_comments(body) + "\n")
         if formatted is None:
@@ -94,14 +95,19 @@ def format_source(path: Path) -> list[str]:
     return failed
 
 
+def columns(line: str) -> int:
+    """The columns ``line`` takes in monospace: a wide (Japanese) character takes two."""
+    return sum(2 if unicodedata.east_asian_width(character) in "WF" else 1 for character in line)
+
+
 def long_lines(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
     return [
-        f"{path.name}:{index + 1}: {len(lines[index])} columns"
+        f"{path.name}:{index + 1}: {columns(lines[index])} columns"
         for start, end in code_blocks(text)
         for index in range(start, end)
-        if len(lines[index]) > CODE_COLUMNS
+        if columns(lines[index]) > CODE_COLUMNS
     ]
 
 
