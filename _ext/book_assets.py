@@ -99,6 +99,8 @@ LAYOUT_CSS = """\
 .bd-article .cell_output table { font-size: 0.8rem; }
 .bd-article .cell_output .output { overflow-x: auto; max-width: 100%; }
 .bd-article img { max-width: 100%; height: auto; }
+/* No word left alone on a heading's last line (the front page's title ended in a lone character). */
+h1, h2, .navbar-brand { text-wrap: balance; }
 .bd-article mjx-container[display="true"] { overflow-x: auto; overflow-y: hidden; max-width: 100%; }
 """
 
@@ -124,6 +126,37 @@ def _link_twins(app, doctree) -> None:
             continue
         url = twin_url(language, app.env.docname, match.group(1), match.group(2))
         reference = nodes.reference("", "", *node.children, refuri=url, classes=["twin-link"])
+        node.replace_self(reference)
+
+
+GLOSSARY = "glossary"
+
+
+def glossary_id(term: str) -> str:
+    """The anchor of a glossary row: its English term, lower case, words joined by '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", term.lower()).strip("-")
+
+
+def _anchor_glossary_rows(app, doctree) -> None:
+    """Give every row of the glossary's table an id (its English term), so that a link lands on it."""
+    if app.env.docname != GLOSSARY:
+        return
+    for table in doctree.findall(nodes.table):
+        for row in table.findall(nodes.row):
+            if isinstance(row.parent, nodes.thead):
+                continue
+            first = row.children[0].astext().strip()
+            if first:
+                row["ids"].append(glossary_id(first))
+
+
+def _link_glossary_terms(app, doctree) -> None:
+    """``[term](../../glossary.md#term-id)``: a link to the glossary's row, checked when the book is built."""
+    for node in list(doctree.findall(addnodes.pending_xref)):
+        if node.get("refdomain") != "doc" or node.get("reftarget") != GLOSSARY or not node.get("reftargetid"):
+            continue
+        up = "../" * app.env.docname.count("/")
+        reference = nodes.reference("", "", *node.children, refuri=f"{up}{GLOSSARY}.html#{node['reftargetid']}")
         node.replace_self(reference)
 
 
@@ -332,6 +365,8 @@ def _copy_assets(app, exception):
 def setup(app):
     app.connect("config-inited", _configure_mathjax)
     app.connect("doctree-read", _link_twins)
+    app.connect("doctree-read", _anchor_glossary_rows)
+    app.connect("doctree-read", _link_glossary_terms)
     app.connect("html-page-context", _page_context)
     app.add_css_file("book-fonts.css")
     app.connect("build-finished", _copy_assets)

@@ -160,3 +160,23 @@ def test_the_raw_tex_check_finds_a_broken_formula():
     assert RAW_TEX.search(text)
     typeset = '<p>the count is <span class="math notranslate nohighlight">\\(12 \\frac{d}{2}\\)</span></p>'
     assert not RAW_TEX.search(re.sub(r"<[^>]+>", " ", MATH_OR_CODE.sub(" ", typeset)))
+
+
+def test_links_to_a_glossary_term_land_on_its_row():
+    links = 0
+    for language, book in BOOKS.items():
+        glossary = (book / "glossary.html").read_text(encoding="utf-8")
+        rows = set(re.findall(r'<tr[^>]* id="([^"]+)"', glossary))
+        assert book_assets.glossary_id("inverse temperature") in rows and len(rows) > 50, sorted(rows)[:5]
+        for path in pages(language):
+            for href in re.findall(r'href="([^"#]*glossary\.html)#([^"]+)"', path.read_text(encoding="utf-8")):
+                assert (path.parent / href[0]).resolve() == (book / "glossary.html").resolve(), href
+                assert href[1] in rows, f"{path.relative_to(HTML)} links to a glossary row that is not there: {href}"
+                links += 1
+    assert links >= 2
+
+
+def test_no_empty_index_page():
+    for book in BOOKS.values():
+        assert not (book / "genindex.html").exists()
+        assert "genindex.html" not in (book / "index.html").read_text(encoding="utf-8")

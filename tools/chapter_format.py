@@ -15,6 +15,7 @@ Usage:  python tools/chapter_format.py [NAME ...]      format the code blocks (d
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import unicodedata
@@ -55,7 +56,9 @@ def hoist_long_comments(code: str) -> str:
     for token in tokens:
         if token.type == tokenize.COMMENT:
             row, column = token.start
-            if lines[row - 1][:column].strip():  # a trailing comment, not a comment line
+            pragma = re.search(r"#\s*(noqa|type:|fmt:|pragma)", token.string)
+            # a trailing comment, not a comment line; a pragma stays on its line
+            if lines[row - 1][:column].strip() and not pragma:
                 comments[row - 1] = column
     for index in sorted(comments, reverse=True):
         line = lines[index]
