@@ -117,10 +117,10 @@ def test_maxvit_draws_the_library_groups(side, window, grid, lang):
 
 
 @pytest.mark.parametrize("lang", ["en", "ja"])
-@pytest.mark.parametrize("side,R", [(8, 2), (16, 4), (30, 7), (7, 7), (5, 2), (3, 1), (9, 4)])
+@pytest.mark.parametrize("side,R", [(8, 2), (16, 4), (30, 7), (7, 7), (5, 2), (3, 1), (9, 4), (18, 2)])
 def test_pvt_draws_the_library_cells(side, R, lang):
     figure = vision.pvt_reduction(side, R, lang=lang)
-    queries = _drawn(figure, "queries", side, side)
+    queries = _drawn(figure, "queries", side, side, numbered=True)  # colours only: no hatch
     assert (queries == pvt.pvt_cell_index(side, side, R).numpy()).all()
     Hr, Wr = pvt.reduced_size(side, side, R)
     keys = _cells(figure, "keys")
@@ -129,6 +129,7 @@ def test_pvt_draws_the_library_cells(side, R, lang):
         assert key == a * Wr + b
         assert patch.get_xy() == (b * R, a * R) and patch.get_width() == R
         assert np.allclose(patch.get_facecolor()[:3], vision.group_style(key)[0])
+        assert (patch.get_hatch() or "") == vision.group_style(key, numbered=Hr * Wr <= 64)[1]
         assert (queries[a * R : (a + 1) * R, b * R : (b + 1) * R] == key).all()  # the cell it summarizes
     texts = " ".join(_texts(figure))
     assert f"{Hr}x{Wr} = {Hr * Wr}" in texts and f"{side * side} x {Hr * Wr}" in texts

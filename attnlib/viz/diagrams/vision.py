@@ -91,13 +91,16 @@ def _boundaries(labels: np.ndarray) -> list[list[tuple[float, float]]]:
     return segments
 
 
-def _draw_cells(ax, panel: str, groups: np.ndarray, *, numbers: bool = False) -> None:
-    """One square per pixel, styled by its group; thin grey pixel edges; optional group numbers."""
+def _draw_cells(ax, panel: str, groups: np.ndarray, *, numbers: bool = False, hatched: bool = True) -> None:
+    """One square per pixel, styled by its group; thin grey pixel edges; optional group numbers.
+
+    ``hatched=False``: colours only (another panel or the outlines tell the groups apart).
+    """
     rows, cols = groups.shape
     for r in range(rows):
         for c in range(cols):
             group = int(groups[r, c])
-            color, hatch = group_style(group, numbered=numbers)
+            color, hatch = group_style(group, numbered=numbers or not hatched)
             ax.add_patch(
                 Rectangle(
                     (c, r), 1, 1, facecolor=color, hatch=hatch, edgecolor="#6e6e6e", linewidth=0.3,
@@ -254,7 +257,9 @@ def pvt_reduction(side: int, sr_ratio: int = 4, *, lang: str = "en") -> Figure:
     reduced by ``R`` (``sr_ratio``) in each direction gives the keys and values (right), one per
     ``R x R`` cell, drawn over the cell it summarizes. Colours match a pixel to the key its cell
     becomes (:func:`pvt.pvt_cell_index`); the last ``side mod R`` rows and columns feed no key
-    (cross-hatched) but are still queries. ``R`` larger than the map: the library's ``ValueError``.
+    (cross-hatched) but are still queries. Up to 64 keys carry their number (and no hatch); the
+    query panel has colours only, its thick lines part the cells. ``R`` larger than the map: the
+    library's ``ValueError``.
     """
     check_language(lang)
     _check_side("side", side)
@@ -264,7 +269,7 @@ def pvt_reduction(side: int, sr_ratio: int = 4, *, lang: str = "en") -> Figure:
     cells = index.numpy()  # already 0 .. Nr - 1 in row-major order
     N, Nr = side * side, Hr * Wr
     figure, axes = _figure(2, 3.6)
-    _draw_cells(axes[0], "queries", cells)
+    _draw_cells(axes[0], "queries", cells, hatched=False)  # the thick outlines part the cells
     columns, rows = np.tile(np.arange(side), side), np.repeat(np.arange(side), side)  # every pixel
     axes[0].scatter(columns + 0.5, rows + 0.5, s=max(1.0, 60.0 / side), color="black", linewidths=0)  # a query each
     _outline(axes[0], cells, width=1.8)
@@ -273,7 +278,7 @@ def pvt_reduction(side: int, sr_ratio: int = 4, *, lang: str = "en") -> Figure:
     ax = axes[1]
     for key in range(Nr):
         a, b = divmod(key, Wr)
-        color, hatch = group_style(key)
+        color, hatch = group_style(key, numbered=Nr <= 64)
         ax.add_patch(
             Rectangle(
                 (b * R, a * R), R, R, facecolor=color, hatch=hatch, edgecolor="black", linewidth=1.8,
