@@ -201,9 +201,51 @@ def test_stored_images_are_the_same_bytes_every_time():
             viz.figure_images(lambda lang: kernels.memory_hierarchy(lang=lang)).images,
             viz.figure_images(lambda lang: kernels.flash_tile_loops(48, 16, 8, causal=True, lang=lang)).images,
             viz.figure_images(lambda lang: kernels.attention_heads(4, 2, lang=lang)).images,
+            viz.figure_images(lambda lang: kernels.kv_cache_decoding(6, 4, lang=lang)).images,
         ]
 
     first = draw_all()
     assert first == draw_all()
     for images in first:
         assert images["en"] != images["ja"]
+
+
+# ---------------------------------------------------------------- KV cache
+
+
+@pytest.mark.parametrize("prompt_tokens, new_tokens", [(6, 4), (1, 1), (5, 3), (16, 8)])
+def test_cache_schedule_is_what_falcons_cache_holds(prompt_tokens, new_tokens):
+    config = falcon.FalconConfig(vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2)
+    model = falcon.FalconForCausalLM(config).eval()
+    cache = falcon.KVCache(config, batch_size=1, max_length=prompt_tokens + new_tokens)
+    written = []
+    with torch.no_grad():
+        for start, stop in kernels.cache_schedule(prompt_tokens, new_tokens):
+            before = cache.length
+            model(torch.zeros(1, stop - start, dtype=torch.long), cache=cache)
+            written.append((before, cache.length))
+    assert written == kernels.cache_schedule(prompt_tokens, new_tokens)
+    figure = kernels.kv_cache_decoding(prompt_tokens, new_tokens)
+    drawn = gids(figure, "write ")
+    plt.close(figure)
+    expected = [f"write {row},{p}" for row, (start, stop) in enumerate(written) for p in range(start, stop)]
+    assert sorted(drawn) == sorted(expected)
+
+
+@pytest.mark.parametrize("prompt_tokens, new_tokens", [(6, 4), (1, 1), (3, 8)])
+def test_kv_cache_decoding_in_both_languages(prompt_tokens, new_tokens):
+    check_language(lambda lang: kernels.kv_cache_decoding(prompt_tokens, new_tokens, lang=lang))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: kernels.kv_cache_decoding(0, 3), "prompt_tokens"),
+        (lambda: kernels.kv_cache_decoding(4, 0), "new_tokens"),
+        (lambda: kernels.kv_cache_decoding(20, 8), "at most 24"),
+        (lambda: kernels.kv_cache_decoding(4, 2, lang="de"), "language"),
+    ],
+)
+def test_kv_cache_bad_arguments_are_named(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()

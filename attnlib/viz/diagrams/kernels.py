@@ -3,6 +3,7 @@
 * :func:`memory_hierarchy` - the GPU's memories with FA-1's numbers for an A100 (its Fig. 1, left).
 * :func:`flash_tile_loops` - the tiles of the score matrix in the order FA-1 and FA-2 visit them.
 * :func:`attention_heads` - multi-head, grouped-query and multi-query attention (the GQA paper, Fig. 2).
+* :func:`kv_cache_decoding` - the KV cache filling up: the prefill, then one token per decoding step.
 
 The drawings come from the same code as the library: :func:`tile_schedule` is the loop order of
 :func:`attnlib.optim.flash.tiled_attention_forward` (FA-2's order) and of its backward pass (the
@@ -31,6 +32,8 @@ __all__ = [
     "flash_tile_loops",
     "kv_head_of",
     "attention_heads",
+    "cache_schedule",
+    "kv_cache_decoding",
 ]
 
 FONT_SIZE = 12  # readable when a 6-inch figure shrinks to a phone's column
@@ -294,4 +297,74 @@ def attention_heads(n_heads: int, n_kv_heads: int, *, lang: str = "en"):
         ja=f"{n_heads}個のクエリヘッド (Q) がそれぞれ一つのキー・バリューヘッド (K, V) を読む",
     )
     figure.text(0.5, 0.02, in_language(note, lang), ha="center", va="top", fontsize=FONT_SIZE - 1)
+    return figure
+
+
+def cache_schedule(prompt_tokens: int, new_tokens: int) -> list[tuple[int, int]]:
+    """The cache positions ``(start, stop)`` each forward pass writes: the prefill, then one per decoding step.
+
+    The prefill writes the prompt's ``prompt_tokens`` keys and values at once; each of the
+    ``new_tokens`` decoding steps feeds one token and appends its key and value
+    (:class:`attnlib.models.falcon.KVCache`).
+    """
+    check_positive_int("prompt_tokens", prompt_tokens)
+    check_positive_int("new_tokens", new_tokens)
+    return [(0, prompt_tokens)] + [(prompt_tokens + s, prompt_tokens + s + 1) for s in range(new_tokens)]
+
+
+def kv_cache_decoding(prompt_tokens: int, new_tokens: int, *, lang: str = "en"):
+    """The KV cache filling up: one row per forward pass (prefill, then decoding steps); returns the Figure.
+
+    Each row shows the cache slots already filled, the ones the pass writes (:func:`cache_schedule`)
+    and the empty ones; the pass's queries attend to every filled slot. Written cells carry
+    ``gid="write s,p"`` (pass ``s``, position ``p``).
+    """
+    from matplotlib.patches import Patch, Rectangle
+
+    check_language(lang)
+    schedule = cache_schedule(prompt_tokens, new_tokens)
+    slots = prompt_tokens + new_tokens
+    if slots > 24 or new_tokens > 8:
+        raise ValueError(
+            f"prompt_tokens + new_tokens must be at most 24 and new_tokens at most 8 to draw, got "
+            f"prompt_tokens={prompt_tokens}, new_tokens={new_tokens}"
+        )
+    figure, (ax,) = _figure(6.0, 0.9 + 0.42 * len(schedule))
+    kinds = [  # colour, hatch, label
+        (CATEGORY_COLORS[1], "", text(en="cached earlier", ja="キャッシュ済み")),
+        (CATEGORY_COLORS[2], "//", text(en="written in this pass", ja="この順伝播で書き込む")),
+        ("white", "", text(en="empty", ja="空き")),
+    ]
+    for row, (start, stop) in enumerate(schedule):
+        for position in range(slots):
+            kind = 0 if position < start else 1 if position < stop else 2
+            color, hatch, _ = kinds[kind]
+            gid = f"write {row},{position}" if kind == 1 else None
+            ax.add_patch(
+                Rectangle((position, row), 1, 0.8, facecolor=color, hatch=hatch, gid=gid,
+                          edgecolor="black" if kind < 2 else "0.6", linewidth=0.8)
+            )  # fmt: skip
+        queries = stop - start
+        reads = text(en=f"{queries} × {stop}", ja=f"{queries} × {stop}")
+        ax.text(slots + 0.3, row + 0.4, in_language(reads, lang), va="center", ha="left", fontsize=FONT_SIZE - 2)
+    labels = [text(en="prefill", ja="プリフィル")]
+    labels += [text(en=f"step {s}", ja=f"ステップ{s}") for s in range(1, new_tokens + 1)]
+    ax.set_yticks([row + 0.4 for row in range(len(schedule))], [in_language(label, lang) for label in labels])
+    ax.set_xticks([p + 0.5 for p in range(slots)], [str(p) for p in range(slots)])
+    ax.tick_params(length=0, labelsize=FONT_SIZE - 3)
+    ax.set_xlim(0, slots + 2.2)
+    ax.set_ylim(len(schedule), -0.2)
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_xlabel(
+        in_language(text(en="cache position (token)", ja="キャッシュの位置（トークン）"), lang), fontsize=FONT_SIZE - 1
+    )
+    ax.set_title(
+        in_language(text(en="KV cache during decoding (queries × keys per forward pass)",
+                         ja="デコード中のKVキャッシュ（順伝播ごとのクエリ数 × キー数）"), lang),
+        fontsize=FONT_SIZE,
+    )  # fmt: skip
+    handles = [Patch(facecolor=c, hatch=h, edgecolor="black", label=in_language(name, lang)) for c, h, name in kinds]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.45, -0.15 - 0.5 / len(schedule)), ncol=3,
+              frameon=False, fontsize=FONT_SIZE - 2)  # fmt: skip
     return figure
