@@ -65,6 +65,7 @@ from .online_softmax import finish
 from .online_softmax import zero_where_minus_inf as _zero_where_minus_inf
 
 __all__ = [
+    "A100_SHARED_MEMORY_PER_BLOCK_BYTES",
     "DEFAULT_BLOCK_Q",
     "DEFAULT_BLOCK_K",
     "BACKENDS",
@@ -121,8 +122,19 @@ def dense_memory_traffic_bytes(N: int, d: int, *, element_bytes: int = 2, batch_
     return batch_heads * element_bytes * (qkv_and_out + scores_and_probs)
 
 
+# Shared memory one thread block may use on an A100 (compute capability 8.0): 163 KiB, NVIDIA CUDA C++
+# Programming Guide, "Technical Specifications per Compute Capability". The SRAM of the traffic model
+# below (chapter 10), also drawn in attnlib.viz.diagrams.kernels.memory_hierarchy.
+A100_SHARED_MEMORY_PER_BLOCK_BYTES = 163 * 1024
+
+
 def flash_memory_traffic_bytes(
-    N: int, d: int, *, sram_bytes: int = 163 * 1024, element_bytes: int = 2, batch_heads: int = 1
+    N: int,
+    d: int,
+    *,
+    sram_bytes: int = A100_SHARED_MEMORY_PER_BLOCK_BYTES,
+    element_bytes: int = 2,
+    batch_heads: int = 1,
 ) -> int:
     """Bytes FlashAttention (FA-1 Algorithm 1) reads and writes in HBM.
 

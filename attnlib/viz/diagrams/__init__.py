@@ -7,3 +7,7 @@ so the picture is drawn in the page's language and always agrees with the code b
 * :mod:`.vision` - the vision chapters' partitions (Swin, MaxViT, PVT).
 * :mod:`.kernels` - FlashAttention's memory hierarchy and tile loops, attention heads (MHA/GQA/MQA).
 """
+
+from . import kernels, vision
+
+__all__ = ["kernels", "vision"]

@@ -20,6 +20,7 @@ import math
 from typing import NamedTuple
 
 from ..._checks import check_flag, check_positive_int
+from ...optim.flash import A100_SHARED_MEMORY_PER_BLOCK_BYTES
 from .. import CATEGORY_COLORS
 from .._text import check_language, in_language, text
 
@@ -56,10 +57,8 @@ MEMORY_HIERARCHY = (
     MemoryLevel(text(en="GPU HBM", ja="GPUの高帯域メモリ (HBM)"), 1.5e12, 40e9),
     MemoryLevel(text(en="CPU DRAM (main memory)", ja="CPUのDRAM（主記憶）"), 12.8e9, 1e12, at_least=True),
 )
-# Shared memory one thread block may use on an A100 (compute capability 8.0): 163 KiB, NVIDIA CUDA C++
-# Programming Guide, "Technical Specifications per Compute Capability". The SRAM of the book's
-# traffic model (chapter 10).
-SHARED_MEMORY_PER_BLOCK_BYTES = 163 * 1024
+# The SRAM of the book's traffic model (chapter 10): one constant, with its source, in attnlib.optim.flash.
+SHARED_MEMORY_PER_BLOCK_BYTES = A100_SHARED_MEMORY_PER_BLOCK_BYTES
 
 
 def _bytes_label(size: float) -> str:
