@@ -1,0 +1,176 @@
+"""attnlib.viz.diagrams.blocks: the schematics run in both languages and agree with the library."""
+
+from __future__ import annotations
+
+import re
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from attnlib import viz  # noqa: E402
+from attnlib.optim import block_mask as bmk  # noqa: E402
+from attnlib.optim import ring  # noqa: E402
+from attnlib.viz.diagrams import blocks  # noqa: E402
+
+JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff\uff00-\uffef]")
+ENGLISH_WORD = re.compile(r"\b[a-z]{4,}\b")  # a lowercase English word: none may remain in Japanese
+
+
+def texts(figure) -> list[str]:
+    found = [t.get_text() for t in figure.findobj(Text)]
+    plt.close(figure)
+    return [t for t in found if t.strip()]
+
+
+def check_language(draw) -> None:
+    english, japanese = texts(draw("en")), texts(draw("ja"))
+    assert english and not any(JAPANESE.search(t) for t in english), english
+    assert any(JAPANESE.search(t) for t in japanese), japanese
+    assert not [t for t in japanese if ENGLISH_WORD.search(t)], japanese
+
+
+def gids(figure, prefix: str) -> list[str]:
+    found = [artist.get_gid() for artist in figure.findobj() if (artist.get_gid() or "").startswith(prefix)]
+    plt.close(figure)
+    return found
+
+
+def dense(mask_mod, N_q: int, N_k: int) -> torch.Tensor:
+    q = torch.arange(N_q).view(1, 1, -1, 1)
+    k = torch.arange(N_k).view(1, 1, 1, -1)
+    return mask_mod(torch.zeros(1, 1, 1, 1, dtype=torch.long), torch.zeros(1, 1, 1, 1, dtype=torch.long), q, k)[0, 0]
+
+
+PATTERNS = [  # (mask_mod, N_q, N_k, block_q, block_k)
+    (bmk.causal_mask_mod(256, 256), 256, 256, 64, 64),
+    (bmk.causal_mask_mod(7, 7), 7, 7, 3, 2),
+    (bmk.causal_mask_mod(5, 9), 5, 9, 2, 4),
+    (bmk.sliding_window_mask_mod(24), 256, 256, 32, 32),
+    (bmk.sliding_window_mask_mod(3, causal=True), 13, 13, 4, 5),
+    (bmk.sliding_window_mask_mod(1), 1, 1, 1, 1),
+    (bmk.sliding_window_mask_mod(2), 10, 10, 5, 5),
+]
+
+
+# ---------------------------------------------------------------- block masks
+
+
+@pytest.mark.parametrize("mask_mod, N_q, N_k, block_q, block_k", PATTERNS)
+def test_drawn_tile_kinds_are_the_block_masks(mask_mod, N_q, N_k, block_q, block_k):
+    library = bmk.block_mask_from_mask_mod(mask_mod, None, None, N_q, N_k, block_q=block_q, block_k=block_k)
+    expected = [[blocks.TILE_KINDS[int(kind)] for kind in row] for row in library.kinds[0, 0]]
+    mask = dense(mask_mod, N_q, N_k)
+    from_dense = bmk.block_mask_from_dense(mask, block_q=block_q, block_k=block_k).kinds[0, 0]
+    assert torch.equal(from_dense, library.kinds[0, 0])
+    assert blocks.tile_kinds(mask, block_q, block_k) == expected
+    drawn = gids(blocks.block_mask_tiles(mask, block_q, block_k), "tile ")
+    assert sorted(drawn) == sorted(
+        f"tile {i},{j},{kind}" for i, row in enumerate(expected) for j, kind in enumerate(row)
+    )
+    assert blocks.TILE_KINDS[bmk.EMPTY] == "empty" and blocks.TILE_KINDS[bmk.FULL] == "full"
+
+
+def test_the_three_kinds_appear_in_the_chapters_causal_mask():
+    kinds = blocks.tile_kinds(dense(bmk.causal_mask_mod(256, 256), 256, 256), 64, 64)
+    assert kinds[0] == ["partial", "empty", "empty", "empty"]
+    assert kinds[3] == ["full", "full", "full", "partial"]
+
+
+def test_a_ragged_full_tile_is_partial():
+    assert blocks.tile_kinds(torch.ones(5, 5, dtype=torch.bool), 4, 4) == [["full", "partial"], ["partial", "partial"]]
+
+
+@pytest.mark.parametrize("mask_mod, N_q, N_k, block_q, block_k", PATTERNS[:5])
+def test_block_mask_tiles_in_both_languages(mask_mod, N_q, N_k, block_q, block_k):
+    mask = dense(mask_mod, N_q, N_k)
+    title = viz.text(en="a causal mask", ja="因果マスク")
+    check_language(lambda lang: blocks.block_mask_tiles(mask, block_q, block_k, title=title, lang=lang))
+
+
+# ---------------------------------------------------------------- the ring
+
+
+@pytest.mark.parametrize("P", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("layout", ["plain", "zigzag"])
+def test_ring_steps_are_the_schedules(P, layout):
+    schedule = ring.ring_schedule(P, layout, 2 * P * 3)
+    expected = [f"shard {s},{r},{ranks[r]['source']}" for s, ranks in enumerate(schedule) for r in range(P)]
+    assert [blocks.shard_source(r, s, P) for s in range(P) for r in range(P)] == [
+        ranks[r]["source"] for ranks in schedule for r in range(P)
+    ]
+    assert sorted(gids(blocks.ring_steps(P), "shard ")) == sorted(expected)
+
+
+@pytest.mark.parametrize("P", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("layout", ["plain", "zigzag"])
+def test_chunk_owners_are_the_librarys_layout(P, layout):
+    owners = blocks.chunk_owners(P, layout)
+    from_library = {c: r for r in range(P) for c in ring.chunks_of_rank(r, P, layout)}
+    assert owners == [from_library[c] for c in range(len(owners))]
+    N = 2 * P * 3
+    tokens = torch.arange(N).view(1, 1, N, 1)
+    size = N // len(owners)
+    for r in range(P):  # shard() gives each rank the tokens of the chunks drawn with its number
+        held = ring.shard(tokens, r, P, layout=layout).flatten().tolist()
+        assert held == [t for c, owner in enumerate(owners) if owner == r for t in range(c * size, (c + 1) * size)]
+    drawn = gids(blocks.ring_layouts(P, N), f"chunk {layout},")
+    assert drawn == [f"chunk {layout},{c},{r}" for c, r in enumerate(owners)]
+
+
+@pytest.mark.parametrize("P", [1, 2, 3, 4, 6])
+def test_ring_figures_in_both_languages(P):
+    check_language(lambda lang: blocks.ring_steps(P, lang=lang))
+    check_language(lambda lang: blocks.ring_layouts(P, 2 * P * 2, lang=lang))
+
+
+# ---------------------------------------------------------------- bad input, determinism
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: blocks.tile_kinds(torch.ones(4, 4), 2, 2), "mask must be a 2-D torch.bool"),
+        (lambda: blocks.tile_kinds(torch.ones(2, 4, 4, dtype=torch.bool), 2, 2), "mask must be a 2-D"),
+        (lambda: blocks.tile_kinds([[True]], 1, 1), "mask"),
+        (lambda: blocks.tile_kinds(torch.ones(0, 4, dtype=torch.bool), 1, 1), "mask must have at least one"),
+        (lambda: blocks.tile_kinds(torch.ones(4, 4, dtype=torch.bool), 0, 2), "block_q"),
+        (lambda: blocks.tile_kinds(torch.ones(4, 4, dtype=torch.bool), 2, 2.0), "block_k"),
+        (lambda: blocks.block_mask_tiles(torch.ones(512, 512, dtype=torch.bool), 16, 16), "at most 256 tiles"),
+        (lambda: blocks.block_mask_tiles(torch.ones(4, 4, dtype=torch.bool), 2, 2, lang="de"), "language"),
+        (lambda: blocks.ring_steps(0), "world_size"),
+        (lambda: blocks.ring_steps(9), "world_size must be at most 8"),
+        (lambda: blocks.ring_steps(4, lang="EN"), "language"),
+        (lambda: blocks.shard_source(4, 0, 4), "rank"),
+        (lambda: blocks.shard_source(0, -1, 4), "step"),
+        (lambda: blocks.chunk_owners(4, "ring"), "layout"),
+        (lambda: blocks.ring_layouts(4, 12), "N must be divisible by 2 \\* world_size = 8"),
+        (lambda: blocks.ring_layouts(4, 0), "N"),
+        (lambda: blocks.ring_layouts(4, 256), "N must be at most 128"),
+        (lambda: blocks.ring_layouts(True, 8), "world_size"),
+    ],
+)
+def test_bad_arguments_are_named(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
+
+
+def test_stored_images_are_the_same_bytes_every_time():
+    mask = dense(bmk.sliding_window_mask_mod(3, causal=True), 13, 13)
+
+    def draw_all():
+        return [
+            viz.figure_images(lambda lang: blocks.block_mask_tiles(mask, 4, 5, lang=lang)).images,
+            viz.figure_images(lambda lang: blocks.ring_steps(4, lang=lang)).images,
+            viz.figure_images(lambda lang: blocks.ring_layouts(4, 16, lang=lang)).images,
+        ]
+
+    first = draw_all()
+    assert first == draw_all()
+    for images in first:
+        assert images["en"] != images["ja"]
