@@ -11,7 +11,7 @@ import torch
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
-from attnlib.sparse import maxvit, pvt, swin
+from attnlib.sparse import dat, maxvit, pvt, swin
 from attnlib.viz import figure_images
 from attnlib.viz.diagrams import vision
 
@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 
 CJK = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 # ASCII words a Japanese label may keep: method and layer names, the map's letters
-ALLOWED_ASCII = {"W-MSA", "SW-MSA", "MSA", "attention", "x"}
+ALLOWED_ASCII = {"W-MSA", "SW-MSA", "MSA", "attention", "x", "DAT", "Deformable", "DETR"}
 
 
 def _cells(figure, panel: str) -> dict[tuple[int, int], tuple[int, Rectangle]]:
@@ -157,6 +157,13 @@ def test_neighbouring_groups_differ_in_colour_or_hatch():
         (lambda: vision.pvt_reduction(6, 7), "sr_ratio"),
         (lambda: vision.pvt_reduction(6, 0), "sr_ratio"),
         (lambda: vision.pvt_reduction(True, 2), "side"),
+        (lambda: vision.dat_sampling(8, 9), "stride"),
+        (lambda: vision.dat_sampling(8, 0), "stride"),
+        (lambda: vision.dat_sampling(8, 2, 0.0), "offset_range_factor"),
+        (lambda: vision.dat_sampling(8, 2, seed=-1), "seed"),
+        (lambda: vision.dat_sampling(8, 2, seed=1.5), "seed"),
+        (lambda: vision.dat_sampling(8, 3, raw_offsets=torch.zeros(2, 2, 2)), "raw_offsets"),
+        (lambda: vision.dat_sampling(65, 8), "at most 64"),
     ],
 )
 def test_refused_parameters_name_the_argument(call, message):
@@ -170,9 +177,65 @@ def test_refused_parameters_name_the_argument(call, message):
         lambda lang: vision.swin_windows(9, 4, 2, lang=lang),
         lambda lang: vision.maxvit_partitions(8, 4, 2, lang=lang),
         lambda lang: vision.pvt_reduction(9, 4, lang=lang),
+        lambda lang: vision.dat_sampling(9, 4, lang=lang),
     ],
 )
 def test_the_stored_pngs_are_the_same_bytes_every_time(draw):
     first, second = figure_images(draw), figure_images(draw)
     assert first.images == second.images
     assert first.images["en"] != first.images["ja"]
+
+
+def _points(figure, gid: str) -> np.ndarray:
+    """The ``(n, 2)`` drawn ``(x, y)`` of the scatter collection with this gid."""
+    (collection,) = [c for c in figure.axes[0].collections + figure.axes[1].collections if c.get_gid() == gid]
+    return np.asarray(collection.get_offsets())
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+@pytest.mark.parametrize(
+    "side,stride,s,seed", [(16, 4, 2.0, 0), (9, 4, 2.0, 3), (7, 2, 1.0, 1), (5, 5, 3.0, 0), (2, 1, 0.5, 7)]
+)
+def test_dat_draws_the_library_points(side, stride, s, seed, lang):
+    figure = vision.dat_sampling(side, stride, s, seed=seed, lang=lang)
+    Hk = -(-side // stride)
+    # the library's reference grid and deformed points, computed here through the module itself
+    block = dat.DeformableAttention(2, 1, side, side, stride=stride, offset_range_factor=s).double()
+    assert block.grid_size == (Hk, Hk)
+    raw = 0.6 * torch.randn(2, Hk, Hk, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    reference = dat.reference_points(Hk, Hk, dtype=torch.float64)
+    positions = reference + dat.bounded_offsets(raw, s)  # (Hk, Hk, 2)
+    drawn_ref = _points(figure, "dat:reference")
+    drawn_pos = _points(figure, "dat:sampled")
+    assert drawn_ref.shape == drawn_pos.shape == (Hk * Hk, 2)
+    # where grid_sample reads: sample a map holding each pixel's own (row, col) at the points
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    coords = torch.stack((rows, cols)).double()[None]  # (1, 2, H, W)
+    for points, drawn in ((reference, drawn_ref), (positions, drawn_pos)):
+        read = dat.sample_at(coords, points[None]).reshape(2, -1).T  # (Ns, 2) (row, col)
+        inside = ((points.reshape(-1, 2).abs() <= 1).all(-1)).numpy()
+        assert np.allclose(drawn[inside][:, ::-1] - 0.5, read.numpy()[inside])  # pixel centre at +0.5
+        expected = ((points.reshape(-1, 2) + 1) / 2 * (side - 1) + 0.5).numpy()[:, ::-1]
+        assert np.allclose(drawn, expected)  # also those outside the map, which read zeros
+    # offsets stay within s / 2 grid spacings (the library's bound), and some point moved
+    spacing = (side - 1) / Hk
+    assert np.abs(drawn_pos - drawn_ref).max() <= s / 2 * spacing + 1e-9
+    assert np.abs(drawn_pos - drawn_ref).max() > 0
+    queries = vision._queries(side)
+    for j in range(len(queries)):
+        assert len(_points(figure, f"detr:points:{j}")) == 4
+    assert f"{Hk}x{Hk} = {Hk * Hk}" in " ".join(_texts(figure))
+    _check_language(figure, lang)
+    assert figure.get_figwidth() <= 7
+
+
+def test_dat_draws_given_offsets_and_zero_offsets_on_the_grid():
+    raw = torch.zeros(2, 3, 3)
+    raw[0, 1, 2] = 10.0  # saturates: moves down by s / 2 = 1 grid spacing
+    figure = vision.dat_sampling(9, 3, 2.0, raw_offsets=raw)
+    ref, pos = _points(figure, "dat:reference"), _points(figure, "dat:sampled")
+    moved = np.abs(pos - ref).sum(-1) > 1e-9
+    assert moved.tolist() == [i == 5 for i in range(9)]
+    assert np.isclose(pos[5, 1] - ref[5, 1], (9 - 1) / 3 * np.tanh(10.0))
+    reference, positions = vision.dat_points(9, 3, 2.0, raw_offsets=raw)
+    assert torch.equal(reference, dat.reference_points(3, 3, dtype=torch.float64))

@@ -10,6 +10,10 @@ matplotlib Figure. The groups drawn are the library's, never recomputed here:
   Fig. 3. Chapter: "MaxViT" (chapters/*/02_maxvit.ipynb).
 * :func:`pvt_reduction` - :func:`attnlib.sparse.pvt.pvt_cell_index`: every pixel a query, one key and
   one value per ``R x R`` cell. Chapter: "PVT" (chapters/*/03_pvt.ipynb).
+* :func:`dat_sampling` - :func:`attnlib.sparse.dat.reference_points` and
+  :func:`~attnlib.sparse.dat.bounded_offsets`: the reference grid, its offsets and the sampled keys that
+  all queries share, beside Deformable DETR's few points per query. Chapter: "DAT"
+  (chapters/*/04_dat.ipynb).
 
 How a cell is drawn: one ``Rectangle`` per pixel, its ``gid`` ``"panel:row:col:group"`` (``group`` is
 the library's group renumbered ``0, 1, ...`` in row-major order of first appearance, -1 for padding or
@@ -30,12 +34,20 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.transforms import blended_transform_factory
 
-from ..._checks import check_positive_int
-from ...sparse import maxvit, pvt, swin
+from ..._checks import check_fits_map, check_positive_finite, check_positive_int, check_tensor
+from ...sparse import dat, maxvit, pvt, swin
 from .. import CATEGORY_COLORS
 from .._text import check_language, in_language, text
 
-__all__ = ["MAX_SIDE", "group_style", "swin_windows", "maxvit_partitions", "pvt_reduction"]
+__all__ = [
+    "MAX_SIDE",
+    "group_style",
+    "swin_windows",
+    "maxvit_partitions",
+    "pvt_reduction",
+    "dat_points",
+    "dat_sampling",
+]
 
 MAX_SIDE = 64  # the largest map side drawn (one patch per pixel)
 WIDTH = 7.0  # inches: the book's widest matplotlib figure
@@ -304,4 +316,155 @@ def pvt_reduction(side: int, sr_ratio: int = 4, *, lang: str = "en") -> Figure:
         caption = caption + text("; crossed: no key", "。斜交線：キーにならない")
     _caption(figure, axes[0], in_language(caption, lang))
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.05, top=0.91, wspace=0.08)
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------
+# DAT
+# --------------------------------------------------------------------------------------------------
+
+_QUERY_COLORS = ("#D55E00", "#0072B2", "#009E73")  # Okabe-Ito vermilion, blue, green: one per query
+_DETR_POINTS = 4  # Deformable DETR's sampling points per query, head and level (the paper's K = 4)
+
+
+def _queries(side: int) -> list[tuple[int, int]]:
+    """Up to three query pixels ``(row, col)`` spread over a ``side x side`` map (distinct)."""
+    picks = [(side // 4, side // 4), (side // 2, (3 * side) // 4), ((3 * side) // 4, side // 3)]
+    return list(dict.fromkeys(picks))
+
+
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+
+
+def dat_points(side: int, stride: int = 4, offset_range_factor: float = 2.0, *, seed: int = 0, raw_offsets=None):
+    """``(reference, positions)``, each ``(Hk, Wk, 2)`` normalized ``(y, x)``, as :mod:`attnlib.sparse.dat` computes.
+
+    ``reference = dat.reference_points(Hk, Wk)`` with ``Hk = Wk = ceil(side / stride)``;
+    ``positions = reference + dat.bounded_offsets(raw_offsets, offset_range_factor)``. ``raw_offsets``
+    ``(2, Hk, Wk)`` stands for the offset network's output (before the tanh bound); without it, a
+    normal draw (standard deviation 0.6) from ``torch.Generator().manual_seed(seed)``.
+    """
+    _check_side("side", side)
+    check_positive_int("stride", stride)
+    check_fits_map("stride", stride, side, side)
+    check_positive_finite("offset_range_factor", offset_range_factor)
+    Hk = -(-side // stride)
+    if raw_offsets is None:
+        _check_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        raw_offsets = 0.6 * torch.randn(2, Hk, Hk, generator=generator, dtype=torch.float64)
+    check_tensor("raw_offsets", raw_offsets)
+    if tuple(raw_offsets.shape) != (2, Hk, Hk):
+        raise ValueError(
+            f"raw_offsets must be (2, Hk, Wk) = (2, {Hk}, {Hk}) (y and x offsets for the ceil({side} / {stride}) "
+            f"grid), got shape {tuple(raw_offsets.shape)}"
+        )
+    raw = raw_offsets.double()
+    reference = dat.reference_points(Hk, Hk, dtype=torch.float64)  # (Hk, Wk, 2)
+    return reference, reference + dat.bounded_offsets(raw, offset_range_factor)  # each (Hk, Wk, 2)
+
+
+def _to_pixels(points: torch.Tensor, side: int) -> np.ndarray:
+    """Normalized ``(y, x)`` -> drawn ``(x, y)``: the pixel ``grid_sample`` reads (``align_corners=True``),
+    whose centre is drawn at ``pixel + 0.5``."""
+    pixels = (points.reshape(-1, 2) + 1) / 2 * (side - 1) + 0.5  # (n, 2) (row, col) + 0.5
+    return pixels.flip(-1).numpy()  # (n, 2) as (x, y)
+
+
+def dat_sampling(
+    side: int = 16,
+    stride: int = 4,
+    offset_range_factor: float = 2.0,
+    *,
+    seed: int = 0,
+    raw_offsets=None,
+    lang: str = "en",
+) -> Figure:
+    """DAT's shared sampled keys (left) beside Deformable DETR's points per query (right).
+
+    Left: the ``ceil(side / stride)`` squared reference points (hollow circles, where a zero offset
+    reads the map), an arrow along each bounded offset and the sampled point (filled), from
+    :func:`dat_points`; up to three queries (stars) are joined to every sampled point, in their
+    colour: all queries attend to the same keys. Right: the same queries, each with its own
+    ``K = 4`` points (one head, one level); these are drawn at random (``seed``), an illustration
+    of the pattern, not a model's output. Points outside the map read zeros; they are drawn where
+    they fall (the axes leave room for ``s / 2`` grid spacings).
+
+    Gids: ``"dat:reference:i"``, ``"dat:sampled:i"`` (collections of all points, row-major
+    ``i``), ``"dat:query:j"``, ``"detr:query:j"``, ``"detr:points:j"``.
+    """
+    check_language(lang)
+    _check_seed(seed)
+    reference, positions = dat_points(side, stride, offset_range_factor, seed=seed, raw_offsets=raw_offsets)
+    Hk = reference.shape[0]
+    Ns = Hk * Hk
+    ref_xy, pos_xy = _to_pixels(reference, side), _to_pixels(positions, side)  # (Ns, 2) each
+    queries = _queries(side)
+    generator = torch.Generator().manual_seed(seed + 1)
+    spread = max(1.0, side / 5)
+    detr = [
+        np.array([c + 0.5, r + 0.5]) + spread * (2 * torch.rand(_DETR_POINTS, 2, generator=generator).numpy() - 1)
+        for r, c in queries
+    ]  # (K, 2) (x, y) per query
+    margin = max(0.6, offset_range_factor / 2 * side / Hk * 0.6)
+    low = min(-margin, float(pos_xy.min()) - 0.6)
+    high = max(side + margin, float(pos_xy.max()) + 0.6)
+
+    figure, axes = _figure(2, 3.7)
+    for ax in axes:
+        ax.add_patch(Rectangle((0, 0), side, side, facecolor="#f4f4f4", edgecolor="black", linewidth=1.2))
+        if side <= 32:
+            lines = [[(i, 0), (i, side)] for i in range(1, side)] + [[(0, i), (side, i)] for i in range(1, side)]
+            ax.add_collection(LineCollection(lines, colors="#d0d0d0", linewidths=0.4))
+    ax = axes[0]
+    for j, (r, c) in enumerate(queries):
+        color = _QUERY_COLORS[j]
+        ax.add_collection(
+            LineCollection([[(c + 0.5, r + 0.5), tuple(p)] for p in pos_xy], colors=color, linewidths=0.5, alpha=0.45)
+        )
+    for (x0, y0), (x1, y1) in zip(ref_xy, pos_xy):
+        if abs(x1 - x0) + abs(y1 - y0) > 1e-9:
+            ax.annotate(
+                "", xy=(x1, y1), xytext=(x0, y0),
+                arrowprops={"arrowstyle": "->", "color": "black", "linewidth": 0.9, "shrinkA": 0, "shrinkB": 2},
+            )  # fmt: skip
+    ax.scatter(ref_xy[:, 0], ref_xy[:, 1], s=28, facecolors="white", edgecolors="black", linewidths=1.0, zorder=3,
+               gid="dat:reference")  # fmt: skip
+    ax.scatter(pos_xy[:, 0], pos_xy[:, 1], s=22, color="black", zorder=4, gid="dat:sampled")
+    for j, (r, c) in enumerate(queries):
+        ax.scatter([c + 0.5], [r + 0.5], s=120, marker="*", color=_QUERY_COLORS[j], edgecolors="black",
+                   linewidths=0.6, zorder=5, gid=f"dat:query:{j}")  # fmt: skip
+    dat_title = text(f"DAT: {Hk}x{Hk} = {Ns} keys for every query", f"DAT：全クエリが同じ{Hk}x{Hk} = {Ns}個のキー")
+    ax = axes[1]
+    for j, ((r, c), points) in enumerate(zip(queries, detr)):
+        color = _QUERY_COLORS[j]
+        ax.add_collection(
+            LineCollection([[(c + 0.5, r + 0.5), tuple(p)] for p in points], colors=color, linewidths=0.9)
+        )
+        ax.scatter(points[:, 0], points[:, 1], s=26, color=color, edgecolors="black", linewidths=0.5, zorder=4,
+                   gid=f"detr:points:{j}")  # fmt: skip
+        ax.scatter([c + 0.5], [r + 0.5], s=120, marker="*", color=color, edgecolors="black",
+                   linewidths=0.6, zorder=5, gid=f"detr:query:{j}")  # fmt: skip
+    detr_title = text(
+        f"Deformable DETR: {_DETR_POINTS} points per query", f"Deformable DETR：クエリごとに{_DETR_POINTS}点"
+    )
+    for ax, title in ((axes[0], dat_title), (axes[1], detr_title)):
+        ax.set_xlim(low, high)
+        ax.set_ylim(high, low)  # row 0 at the top, as an image
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_title(in_language(title, lang), fontsize=_TITLE_SIZE)
+    caption = text(
+        f"{side}x{side}, r = {stride}, s = {offset_range_factor:g}. circle: reference point, arrow: offset, "
+        "dot: sampled key, star: query (right: random points)",
+        f"{side}x{side}、r = {stride}、s = {offset_range_factor:g}。丸：参照点、矢印：オフセット、"
+        "黒点：サンプリングしたキー、星：クエリ（右は無作為な点）",
+    )
+    _caption(figure, axes[0], in_language(caption, lang))
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.07, top=0.91, wspace=0.06)
     return figure
