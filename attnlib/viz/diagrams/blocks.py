@@ -196,12 +196,10 @@ def ring_steps(world_size: int, *, lang: str = "en"):
             ax.add_patch(Circle((0, 0), radius, fill=False, edgecolor="0.7", linewidth=0.8, linestyle=":"))
             for r in range(P):  # the shard r holds now goes to r + 1 at the next step
                 start, end = places[r], places[(r + 1) % P]
-                if P == 2:  # two arcs, one each way
-                    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=9, color="0.35",
-                                                 connectionstyle="arc3,rad=0.45", shrinkA=shrink, shrinkB=shrink))  # fmt: skip
-                else:
-                    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=9, color="0.35",
-                                                 connectionstyle="arc3,rad=-0.2", shrinkA=shrink, shrinkB=shrink))  # fmt: skip
+                bend = 0.45 if P == 2 else -0.2  # two ranks: two arcs, one each way
+                ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=9, color="0.35",
+                                             connectionstyle=f"arc3,rad={bend}", shrinkA=shrink,
+                                             shrinkB=shrink))  # fmt: skip
         for r, (x, y) in enumerate(places):
             source = shard_source(r, step, P)
             ax.add_patch(Rectangle((x - 0.3, y), 0.6, 0.3, facecolor="white", edgecolor="black",
