@@ -4,10 +4,13 @@ Each function takes the method's parameters and ``lang`` ("en" or "ja") and retu
 Figure; a chapter shows one with ``viz.show_figure(lambda lang: diagrams.NAME(..., lang=lang))``,
 so the picture is drawn in the page's language and always agrees with the code beside it.
 
-* :mod:`.vision` - the vision chapters' partitions (Swin, MaxViT, PVT).
-* :mod:`.kernels` - FlashAttention's memory hierarchy and tile loops, attention heads (MHA/GQA/MQA).
+* :mod:`.vision` - the vision chapters' partitions (Swin, MaxViT, PVT) and DAT's shared sampling points.
+* :mod:`.language` - BigBird's blocks, Reformer's hash, sort and chunk.
+* :mod:`.kernels` - FlashAttention's memory hierarchy and tile loops, attention heads (MHA/GQA/MQA),
+  the KV cache.
+* :mod:`.blocks` - a block mask's empty, full and partial tiles; the ring's steps and layouts.
 """
 
-from . import kernels, vision
+from . import blocks, kernels, language, vision
 
-__all__ = ["kernels", "vision"]
+__all__ = ["blocks", "kernels", "language", "vision"]
