@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import matplotlib
 import pytest
 import torch
@@ -11,28 +9,12 @@ import torch
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
+from diagram_checks import check_language  # noqa: E402
 
 from attnlib.sparse import bigbird as bb  # noqa: E402
 from attnlib.sparse import reformer as rf  # noqa: E402
 from attnlib.viz import figure_images  # noqa: E402
 from attnlib.viz.diagrams import language  # noqa: E402
-
-JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff\uff00-\uffef]")
-ENGLISH_WORD = re.compile(r"\b[a-z]{4,}\b")  # a lowercase English word: none may remain in Japanese
-
-
-def texts(figure) -> list[str]:
-    found = [t.get_text() for t in figure.findobj(Text)]
-    plt.close(figure)
-    return [t for t in found if t.strip()]
-
-
-def check_language(draw) -> None:
-    english, japanese = texts(draw("en")), texts(draw("ja"))
-    assert english and not any(JAPANESE.search(t) for t in english), english
-    assert any(JAPANESE.search(t) for t in japanese), japanese
-    assert not [t for t in japanese if ENGLISH_WORD.search(t)], japanese
 
 
 def cells(figure, prefix: str) -> set[tuple[int, ...]]:

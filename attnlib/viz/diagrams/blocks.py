@@ -24,6 +24,7 @@ import torch
 from ..._checks import check_positive_int
 from .. import CATEGORY_COLORS
 from .._text import check_language, in_language, text
+from ._common import new_figure, score_matrix_axes
 
 __all__ = [
     "TILE_KINDS",
@@ -39,16 +40,6 @@ FONT_SIZE = 12  # readable when a 6-inch figure shrinks to a phone's column
 TILE_KINDS = ("empty", "partial", "full")  # index = the value stored in BlockMask.kinds
 RANK_COLORS = [CATEGORY_COLORS[index] for index in (1, 2, 3, 4, 5, 6, 7, 10)]
 RANK_HATCHES = ["", "//", "..", "xx", "\\\\", "++", "oo", "--"]  # a second cue besides the colour
-
-
-def _figure(width: float, height: float, rows: int = 1, columns: int = 1):
-    import matplotlib.pyplot as plt
-    import matplotlib_fontja  # noqa: F401  (registers IPAexGothic for Japanese labels)
-
-    if width > 7:
-        raise ValueError(f"a book figure is at most 7 inches wide, got {width}")
-    figure, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False)
-    return figure, [ax for row in axes for ax in row]
 
 
 # ---------------------------------------------------------------- block masks
@@ -107,7 +98,7 @@ def block_mask_tiles(mask: torch.Tensor, block_q: int, block_k: int, *, title=No
         "full": (CATEGORY_COLORS[5], "", text(en="full: no mask", ja="マスクなし")),
         "partial": (CATEGORY_COLORS[2], "//", text(en="partial: masked", ja="一部マスクあり")),
     }
-    figure, (ax,) = _figure(5.0, 5.4)
+    figure, (ax,) = new_figure(5.0, 5.4)
     for i, row in enumerate(kinds):
         for j, kind in enumerate(row):
             color, hatch, _ = styles[kind]
@@ -123,18 +114,11 @@ def block_mask_tiles(mask: torch.Tensor, block_q: int, block_k: int, *, title=No
         ax.axhline(min(i * block_q, N_q), color="black", linewidth=1.0, zorder=3)
     for j in range(len(kinds[0]) + 1):
         ax.axvline(min(j * block_k, N_k), color="black", linewidth=1.0, zorder=3)
-    ax.set_xlim(0, N_k)
-    ax.set_ylim(N_q, 0)  # query 0 on top, as in the score matrix
-    ax.set_aspect("equal")
-    ax.xaxis.tick_top()
-    ax.xaxis.set_label_position("top")
-    ax.set_xticks(range(0, N_k, block_k))
-    ax.set_yticks(range(0, N_q, block_q))
-    ax.tick_params(labelsize=FONT_SIZE - 3)
-    ax.set_xlabel(in_language(text(en=f"keys (tiles of {block_k})", ja=f"キー（タイル {block_k}）"), lang),
-                  fontsize=FONT_SIZE - 1)  # fmt: skip
-    ax.set_ylabel(in_language(text(en=f"queries (tiles of {block_q})", ja=f"クエリ（タイル {block_q}）"), lang),
-                  fontsize=FONT_SIZE - 1)  # fmt: skip
+    score_matrix_axes(
+        ax, N_q, N_k, block_q, block_k, lang=lang, font_size=FONT_SIZE,
+        xlabel=text(en=f"keys (tiles of {block_k})", ja=f"キー（タイル {block_k}）"),
+        ylabel=text(en=f"queries (tiles of {block_q})", ja=f"クエリ（タイル {block_q}）"),
+    )  # fmt: skip
     if title is not None:
         ax.set_title(in_language(title, lang), fontsize=FONT_SIZE, y=-0.08, va="top")
     handles = [Patch(facecolor=c, hatch=h, edgecolor="0.35", label=in_language(name, lang))
@@ -180,7 +164,7 @@ def ring_steps(world_size: int, *, lang: str = "en"):
     P = world_size
     columns = min(P, 2) if P <= 4 else 4
     rows = math.ceil(P / columns)
-    figure, axes = _figure(6.0 if columns == 2 else 6.6, 0.5 + (2.7 if columns == 2 else 1.7) * rows,
+    figure, axes = new_figure(6.0 if columns == 2 else 6.6, 0.5 + (2.7 if columns == 2 else 1.7) * rows,
                            rows=rows, columns=columns)  # fmt: skip
     shrink = 24 if columns == 2 else 13  # points from a device's centre to its arrow's ends
     radius = 1.0
@@ -249,7 +233,7 @@ def ring_layouts(world_size: int, N: int, *, lang: str = "en"):
         raise ValueError(f"N must be divisible by 2 * world_size = {2 * P} (zigzag cuts {2 * P} chunks), got N={N}")
     if N > 128:
         raise ValueError(f"N must be at most 128 to draw the tokens, got {N}")
-    figure, (ax,) = _figure(6.6, 2.3)
+    figure, (ax,) = new_figure(6.6, 2.3)
     labels = {"plain": text(en="plain", ja="plainの配置"), "zigzag": text(en="zigzag", ja="zigzagの配置")}
     for row, layout in enumerate(("plain", "zigzag")):
         owners = chunk_owners(P, layout)

@@ -23,6 +23,7 @@ from ..._checks import check_flag, check_positive_int
 from ...optim.flash import A100_SHARED_MEMORY_PER_BLOCK_BYTES
 from .. import CATEGORY_COLORS
 from .._text import check_language, in_language, text
+from ._common import new_figure, score_matrix_axes
 
 __all__ = [
     "MemoryLevel",
@@ -73,16 +74,6 @@ def _rate_label(bandwidth: float) -> str:
     return f"{bandwidth / scale:g} {unit}"
 
 
-def _figure(width: float, height: float, columns: int = 1):
-    import matplotlib.pyplot as plt
-    import matplotlib_fontja  # noqa: F401  (registers IPAexGothic for Japanese labels)
-
-    if width > 7:
-        raise ValueError(f"a book figure is at most 7 inches wide, got {width}")
-    figure, axes = plt.subplots(1, columns, figsize=(width, height), squeeze=False)
-    return figure, list(axes[0])
-
-
 def memory_hierarchy(*, lang: str = "en"):
     """The GPU's memories as a pyramid: fast and small on top, with FA-1's A100 numbers; returns the Figure.
 
@@ -92,7 +83,7 @@ def memory_hierarchy(*, lang: str = "en"):
     from matplotlib.patches import Polygon
 
     check_language(lang)
-    figure, (ax,) = _figure(6.0, 3.4)
+    figure, (ax,) = new_figure(6.0, 3.4)
     colors = [CATEGORY_COLORS[2], CATEGORY_COLORS[1], CATEGORY_COLORS[9]]  # orange, blue, grey
     hatches = ["", "//", ".."]  # a second cue besides the colour (greyscale prints)
     levels = len(MEMORY_HIERARCHY)
@@ -184,7 +175,7 @@ def flash_tile_loops(N: int, block_q: int, block_k: int, *, causal: bool = False
     check_language(lang)
     _check_tiles(N, block_q, block_k)
     check_flag("causal", causal)
-    figure, axes = _figure(6.6, 3.9, columns=2)
+    figure, axes = new_figure(6.6, 3.9, columns=2)
     palette = [CATEGORY_COLORS[index] for index in (5, 2, 3, 4, 7, 6, 1)]
     titles = {
         1: text(en="FA-1: outer loop over\nK, V blocks (columns)", ja="FA-1：外側のループは\nK, Vのブロック（列）"),
@@ -209,18 +200,11 @@ def flash_tile_loops(N: int, block_q: int, block_k: int, *, causal: bool = False
                 ax.text(x0 + width / 2, y0 + height / 2, str(step_of[(i, j)]), ha="center", va="center",
                         fontsize=FONT_SIZE - 1,
                         bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none"))  # fmt: skip
-        ax.set_xlim(0, N)
-        ax.set_ylim(N, 0)  # query 0 on top, as in the score matrix
-        ax.set_aspect("equal")
-        ax.xaxis.tick_top()
-        ax.xaxis.set_label_position("top")
-        ax.set_xticks(range(0, N, block_k))
-        ax.set_yticks(range(0, N, block_q))
-        ax.tick_params(labelsize=FONT_SIZE - 3)
-        ax.set_xlabel(in_language(text(en=f"keys (B_c = {block_k})", ja=f"キー（B_c = {block_k}）"), lang),
-                      fontsize=FONT_SIZE - 1)  # fmt: skip
-        ax.set_ylabel(in_language(text(en=f"queries (B_r = {block_q})", ja=f"クエリ（B_r = {block_q}）"), lang),
-                      fontsize=FONT_SIZE - 1)  # fmt: skip
+        score_matrix_axes(
+            ax, N, N, block_q, block_k, lang=lang, font_size=FONT_SIZE,
+            xlabel=text(en=f"keys (B_c = {block_k})", ja=f"キー（B_c = {block_k}）"),
+            ylabel=text(en=f"queries (B_r = {block_q})", ja=f"クエリ（B_r = {block_q}）"),
+        )  # fmt: skip
         ax.set_title(in_language(titles[version], lang), fontsize=FONT_SIZE, y=-0.2, va="top")
     note = text(en=f"N = {N}; numbers: the order in which tiles are computed",
                 ja=f"N = {N}。数字はタイルを計算する順番")  # fmt: skip
@@ -268,7 +252,7 @@ def attention_heads(n_heads: int, n_kv_heads: int, *, lang: str = "en"):
         ),
         (text(en="Multi-query", ja="マルチクエリ"), 1),
     ]
-    figure, axes = _figure(6.6, 3.0, columns=3)
+    figure, axes = new_figure(6.6, 3.0, columns=3)
     palette = [CATEGORY_COLORS[index] for index in (1, 2, 3, 4, 5, 6, 7)]
     hatches = ["", "//", "..", "xx", "\\\\", "++", "oo"]
     box = 0.8  # width of a head's box, in query-head slots
@@ -328,7 +312,7 @@ def kv_cache_decoding(prompt_tokens: int, new_tokens: int, *, lang: str = "en"):
             f"prompt_tokens + new_tokens must be at most 24 and new_tokens at most 8 to draw, got "
             f"prompt_tokens={prompt_tokens}, new_tokens={new_tokens}"
         )
-    figure, (ax,) = _figure(6.0, 0.9 + 0.42 * len(schedule))
+    figure, (ax,) = new_figure(6.0, 0.9 + 0.42 * len(schedule))
     kinds = [  # colour, hatch, label
         (CATEGORY_COLORS[1], "", text(en="cached earlier", ja="キャッシュ済み")),
         (CATEGORY_COLORS[2], "//", text(en="written in this pass", ja="この順伝播で書き込む")),

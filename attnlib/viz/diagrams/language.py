@@ -23,6 +23,7 @@ from ...sparse import bigbird as bb
 from ...sparse import reformer as rf
 from .. import CATEGORY_COLORS
 from .._text import check_language, in_language, text
+from ._common import new_figure
 
 __all__ = ["bigbird_blocks", "lsh_example", "lsh_steps"]
 
@@ -39,16 +40,6 @@ _PART_STYLE = {
 }
 _BUCKET_COLORS = [CATEGORY_COLORS[index] for index in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11)]
 _BUCKET_HATCHES = ["", "//", "..", "xx", "\\\\"]
-
-
-def _figure(width: float, height: float, columns: int = 1, rows: int = 1, **grid):
-    import matplotlib.pyplot as plt
-    import matplotlib_fontja  # noqa: F401  (registers IPAexGothic for Japanese labels)
-
-    if width > 7:
-        raise ValueError(f"a book figure is at most 7 inches wide, got {width}")
-    figure, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False, gridspec_kw=grid or None)
-    return figure, [ax for row in axes for ax in row]
 
 
 def _check_seed(seed) -> None:
@@ -95,7 +86,7 @@ def bigbird_blocks(num_blocks: int, num_random_blocks: int = 3, *, seed: int = 0
          text(en="global\n(first, last)", ja="グローバル\n（最初と最後）")),
         ("bigbird", None, cats > bb.NONE, text(en="BigBird", ja="BigBird")),
     ]  # fmt: skip
-    figure, axes = _figure(6.8, 2.6, columns=4)
+    figure, axes = new_figure(6.8, 2.6, columns=4)
     for ax, (name, part, shown, title) in zip(axes, parts):
         for i in range(num_blocks):
             for j in range(num_blocks):
@@ -182,7 +173,7 @@ def lsh_steps(N: int, n_buckets: int, chunk_size: int, *, seed: int = 0, lang: s
     slot_of = layout.undo_sort[0, 0, 0].tolist()  # (N_pad,)
     pattern = layout.pattern()[0, 0]  # (N, N)
     N_pad = layout.N_pad
-    figure, (top, bottom) = _figure(6.6, 7.4, rows=2, height_ratios=[1.0, 1.6])
+    figure, (top, bottom) = new_figure(6.6, 7.4, rows=2, height_ratios=[1.0, 1.6])
     steps = [
         text(en="1. hash: tokens in order,\ncolour = bucket", ja="1. ハッシュ：元の順の\nトークン、色 = バケット"),
         text(en="2. sort by bucket\n(ties by position)", ja="2. バケットで並べ替え\n（同じなら位置の順）"),
