@@ -117,18 +117,6 @@ def twin_url(language: str, docname: str, twin_language: str, twin_name: str) ->
     return f"{up}../chapters/{twin_language}/{twin_name}.html"
 
 
-def _link_twins(app, doctree) -> None:
-    """Point the links to the other language's notebooks at their pages in the other build."""
-    language = book_language(app)
-    for node in list(doctree.findall(addnodes.pending_xref)):
-        match = TWIN_TARGET.fullmatch(node.get("reftarget", ""))
-        if node.get("refdomain") != "doc" or match is None or match.group(1) == language:
-            continue
-        url = twin_url(language, app.env.docname, match.group(1), match.group(2))
-        reference = nodes.reference("", "", *node.children, refuri=url, classes=["twin-link"])
-        node.replace_self(reference)
-
-
 GLOSSARY = "glossary"
 
 
@@ -150,32 +138,42 @@ def _anchor_glossary_rows(app, doctree) -> None:
                 row["ids"].append(glossary_id(first))
 
 
-def _link_glossary_terms(app, doctree) -> None:
-    """``[term](../../glossary.md#term-id)``: a link to the glossary's row, checked when the book is built."""
+def _link_across_builds(app, doctree) -> None:
+    """Links MyST cannot resolve inside one build, made plain links to their page.
+
+    * ``../ja/NAME.ipynb`` (a chapter's twin): the page of the other language's build;
+    * ``../../glossary.md#term-id``: the glossary's row (see :func:`_anchor_glossary_rows`).
+    """
+    language = book_language(app)
+    up = "../" * app.env.docname.count("/")  # from the page to its build's root
     for node in list(doctree.findall(addnodes.pending_xref)):
-        if node.get("refdomain") != "doc" or node.get("reftarget") != GLOSSARY or not node.get("reftargetid"):
+        if node.get("refdomain") != "doc":
             continue
-        up = "../" * app.env.docname.count("/")
-        reference = nodes.reference("", "", *node.children, refuri=f"{up}{GLOSSARY}.html#{node['reftargetid']}")
-        node.replace_self(reference)
+        target, classes = node.get("reftarget", ""), []
+        twin = TWIN_TARGET.fullmatch(target)
+        if twin is not None and twin.group(1) != language:
+            url, classes = twin_url(language, app.env.docname, twin.group(1), twin.group(2)), ["twin-link"]
+        elif target == GLOSSARY and node.get("reftargetid"):
+            url = f"{up}{GLOSSARY}.html#{node['reftargetid']}"
+        else:
+            continue
+        node.replace_self(nodes.reference("", "", *node.children, refuri=url, classes=classes))
 
 
 def _page_context(app, pagename, templatename, context, doctree):
     body = context.get("body", "")
     if "Plotly.newPlot" in body:
         app.add_js_file("plotly.min.js")  # called here, for this page only
-    scripts = context.get("script_files", [])
-    context["script_files"] = [
-        script for script in scripts
-        if "thebe" not in str(getattr(script, "filename", script) or "")
-        and "THEBE_JS_URL" not in str(getattr(script, "attributes", {}).get("body", ""))
-    ]  # fmt: skip
-    context["css_files"] = [
-        css for css in context.get("css_files", []) if "thebe" not in str(getattr(css, "filename", css))
-    ]
-    if "sd-" not in body:  # sphinx-design's 55 KB style sheet and tab script, for pages that use it
-        for key, marker in (("css_files", "sphinx-design"), ("script_files", "design-tabs")):
-            context[key] = [item for item in context[key] if marker not in str(getattr(item, "filename", item))]
+    # sphinx-thebe's scripts (the book does not use thebe; Jupyter Book adds them twice and the second
+    # copy throws), and sphinx-design's 55 KB style sheet and tab script where a page has no sd- class
+    unused = ["thebe", "THEBE_JS_URL"] + ([] if "sd-" in body else ["sphinx-design", "design-tabs"])
+    for key in ("script_files", "css_files"):
+        context[key] = [item for item in context.get(key, []) if not any(m in _asset_text(item) for m in unused)]
+
+
+def _asset_text(item) -> str:
+    """A page's script or style sheet as text to search: its file name, or its inline body."""
+    return f"{getattr(item, 'filename', item) or ''} {getattr(item, 'attributes', {}).get('body', '')}"
 
 
 def _configure_mathjax(app, config) -> None:
@@ -364,9 +362,8 @@ def _copy_assets(app, exception):
 
 def setup(app):
     app.connect("config-inited", _configure_mathjax)
-    app.connect("doctree-read", _link_twins)
     app.connect("doctree-read", _anchor_glossary_rows)
-    app.connect("doctree-read", _link_glossary_terms)
+    app.connect("doctree-read", _link_across_builds)
     app.connect("html-page-context", _page_context)
     app.add_css_file("book-fonts.css")
     app.connect("build-finished", _copy_assets)

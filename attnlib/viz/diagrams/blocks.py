@@ -59,21 +59,16 @@ def tile_kinds(mask: torch.Tensor, block_q: int, block_k: int) -> list[list[str]
 
     ``"empty"``: no pair of the tile is allowed; ``"full"``: every pair is, and the tile lies wholly
     inside the mask; ``"partial"``: otherwise (a ragged last tile, cut by ``N_q`` or ``N_k``, is
-    never full), as :mod:`attnlib.optim.block_mask` classifies them.
+    never full). The kinds are :func:`attnlib.optim.block_mask.block_mask_from_dense`'s.
     """
+    from ...optim import block_mask
+
     mask = _check_mask(mask)
     check_positive_int("block_q", block_q)
     check_positive_int("block_k", block_k)
-    N_q, N_k = mask.shape
-    kinds = []
-    for i in range(math.ceil(N_q / block_q)):
-        row = []
-        for j in range(math.ceil(N_k / block_k)):
-            tile = mask[i * block_q : (i + 1) * block_q, j * block_k : (j + 1) * block_k]
-            whole = tuple(tile.shape) == (block_q, block_k)
-            row.append("empty" if not tile.any() else "full" if whole and tile.all() else "partial")
-        kinds.append(row)
-    return kinds
+    kinds = block_mask.block_mask_from_dense(mask, block_q=block_q, block_k=block_k).kinds[0, 0]  # (T_q, T_k)
+    names = {block_mask.EMPTY: "empty", block_mask.PARTIAL: "partial", block_mask.FULL: "full"}
+    return [[names[int(kind)] for kind in row] for row in kinds]
 
 
 def block_mask_tiles(mask: torch.Tensor, block_q: int, block_k: int, *, title=None, lang: str = "en"):
@@ -209,12 +204,10 @@ def chunk_owners(world_size: int, layout: str) -> list[int]:
     Plain: rank ``r`` holds chunk ``r``; zigzag: chunks ``r`` and ``2P - 1 - r``
     (:func:`attnlib.optim.ring.chunks_of_rank`).
     """
-    check_positive_int("world_size", world_size)
-    if layout not in ("plain", "zigzag"):
-        raise ValueError(f"layout must be 'plain' or 'zigzag', got {layout!r}")
-    if layout == "plain":
-        return list(range(world_size))
-    return [c if c < world_size else 2 * world_size - 1 - c for c in range(2 * world_size)]
+    from ...optim import ring
+
+    owner = {chunk: rank for rank in range(world_size) for chunk in ring.chunks_of_rank(rank, world_size, layout)}
+    return [owner[chunk] for chunk in range(len(owner))]
 
 
 def ring_layouts(world_size: int, N: int, *, lang: str = "en"):
