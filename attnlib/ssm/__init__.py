@@ -1,0 +1,48 @@
+"""State-space models: the SSD model of Mamba-2 (three algorithms and a Triton kernel) and a Mamba-2 block.
+
+Modules: :mod:`attnlib.ssm.ssd` (the model, its recurrent, quadratic and chunked algorithms, the
+one-token step, the decays of Mamba-2, RetNet and linear attention), :mod:`attnlib.ssm.ssd_triton`
+(the chunked forward as a Triton kernel; imports triton) and :mod:`attnlib.ssm.mamba2` (the block).
+"""
+
+from .ssd import (
+    ALGORITHMS,
+    chunk_states,
+    decay_mask,
+    intra_chunk_output,
+    linear_attention_decay,
+    mamba2_decay,
+    naive_decay_mask,
+    pass_states,
+    retnet_decay,
+    retnet_gammas,
+    segsum,
+    ssd,
+    ssd_chunked,
+    ssd_quadratic,
+    ssd_recurrent,
+    ssd_step,
+    state_bytes,
+    state_to_output,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "chunk_states",
+    "decay_mask",
+    "intra_chunk_output",
+    "linear_attention_decay",
+    "mamba2_decay",
+    "naive_decay_mask",
+    "pass_states",
+    "retnet_decay",
+    "retnet_gammas",
+    "segsum",
+    "ssd",
+    "ssd_chunked",
+    "ssd_quadratic",
+    "ssd_recurrent",
+    "ssd_step",
+    "state_bytes",
+    "state_to_output",
+]
