@@ -123,12 +123,14 @@ def _ssd_chunked_fwd_kernel(
     for start in range(0, N, CHUNK):
         t = start + offs_t  # (CHUNK,) token indices
         t_ok = t < N  # the ragged last chunk: padded tokens read x = B = C = 0, log a = 0
-        x = tl.load(x_base + t[:, None] * stride_xt + offs_d[None, :] * stride_xd,
-                    mask=t_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # (CHUNK, BLOCK_D)
-        b = tl.load(b_base + t[:, None] * stride_bt + offs_s[None, :] * stride_bn,
-                    mask=t_ok[:, None] & s_ok[None, :], other=0.0).to(tl.float32)  # (CHUNK, BLOCK_S)
-        c = tl.load(c_base + t[:, None] * stride_ct + offs_s[None, :] * stride_cn,
-                    mask=t_ok[:, None] & s_ok[None, :], other=0.0).to(tl.float32)  # (CHUNK, BLOCK_S)
+        xd_ok = t_ok[:, None] & d_ok[None, :]  # (CHUNK, BLOCK_D)
+        xs_ok = t_ok[:, None] & s_ok[None, :]  # (CHUNK, BLOCK_S)
+        x_ptrs = x_base + t[:, None] * stride_xt + offs_d[None, :] * stride_xd
+        x = tl.load(x_ptrs, mask=xd_ok, other=0.0).to(tl.float32)  # (CHUNK, BLOCK_D)
+        b_ptrs = b_base + t[:, None] * stride_bt + offs_s[None, :] * stride_bn
+        b = tl.load(b_ptrs, mask=xs_ok, other=0.0).to(tl.float32)  # (CHUNK, BLOCK_S)
+        c_ptrs = c_base + t[:, None] * stride_ct + offs_s[None, :] * stride_cn
+        c = tl.load(c_ptrs, mask=xs_ok, other=0.0).to(tl.float32)  # (CHUNK, BLOCK_S)
         la = tl.load(a_base + t * stride_at, mask=t_ok, other=0.0).to(tl.float32)  # (CHUNK,)
 
         # The chunk's log-decays, each a sum of the terms it needs (no differences, no products):
@@ -145,8 +147,8 @@ def _ssd_chunked_fwd_kernel(
         y = tl.dot(tl.exp(seg) * scores, x, input_precision=DOT_PRECISION)  # (CHUNK, BLOCK_D)
         # Step 4, state to output: the state entering the chunk, decayed to each token, read by C.
         y += tl.exp(from_start)[:, None] * tl.dot(c, h, input_precision=DOT_PRECISION)  # (CHUNK, BLOCK_D)
-        tl.store(y_base + t[:, None] * stride_yt + offs_d[None, :] * stride_yd,
-                 y.to(Y.dtype.element_ty), mask=t_ok[:, None] & d_ok[None, :])
+        y_ptrs = y_base + t[:, None] * stride_yt + offs_d[None, :] * stride_yd
+        tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=xd_ok)
 
         # Steps 2 and 3: the chunk's own state (B decayed to the chunk's end, times x), added to
         # the entering state decayed over the whole chunk. h now enters the next chunk.
@@ -251,4 +253,3 @@ def _interpreting() -> bool:
     import os
 
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
