@@ -5,6 +5,7 @@ one-token step, the decays of Mamba-2, RetNet and linear attention), :mod:`attnl
 (the chunked forward as a Triton kernel; imports triton) and :mod:`attnlib.ssm.mamba2` (the block).
 """
 
+from .mamba2 import Mamba2, RMSNormGated
 from .ssd import (
     ALGORITHMS,
     chunk_states,
@@ -28,6 +29,8 @@ from .ssd import (
 
 __all__ = [
     "ALGORITHMS",
+    "Mamba2",
+    "RMSNormGated",
     "chunk_states",
     "decay_mask",
     "intra_chunk_output",
