@@ -23,7 +23,7 @@ Parameter names as in the released ``Mamba2``: ``in_proj``, ``conv1d``, ``dt_bia
 Departures from the released block: no ``d_ssm`` (the gated-MLP part beside the SSM), no
 ``D_has_hdim``, no ``dt_limit``, no ``seq_idx``/``cu_seqlens`` (packed sequences), no tensor
 parallelism, no ``rmsnorm=False`` variant, ``norm_before_gate=False`` only, no fused kernels (the
-SSD is any algorithm of :func:`attnlib.ssm.ssd.ssd`; default chunk size 64, released 256).
+SSD is any algorithm of :func:`attnlib.ssm.ssd.run_ssd`; default chunk size 64, released 256).
 Decoding states: ``conv_state: (B, conv_dim, d_conv)`` as released; ``ssm_state: (B, H, d_state,
 headdim)``, the transpose of the released ``(B, H, headdim, d_state)`` (attnlib's state is
 ``h = a h + B x^T``, ``(n, d)``). :meth:`Mamba2.step` returns new states instead of updating them
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_like_module, check_positive_int, check_tensor, check_tokens
-from .ssd import ALGORITHMS, mamba2_decay, ssd, ssd_step
+from .ssd import ALGORITHMS, mamba2_decay, run_ssd, ssd_step
 
 __all__ = ["Mamba2", "RMSNormGated"]
 
@@ -170,7 +170,7 @@ class Mamba2(nn.Module):
         x, B, C = self._split_xbc(xBC)  # (B, L, H, P), (B, L, H, n), (B, L, H, n)
         x, B, C = (t.transpose(1, 2) for t in (x, B, C))  # heads first: (B, H, L, .)
         dt = dt.transpose(1, 2)  # (B, H, L)
-        y, ssm_state = ssd(
+        y, ssm_state = run_ssd(
             x * dt[..., None], B, C, log_a=mamba2_decay(dt, A), algorithm=self.algorithm,
             chunk_size=self.chunk_size, return_final_state=True,
         )  # fmt: skip

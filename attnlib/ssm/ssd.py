@@ -76,7 +76,7 @@ __all__ = [
     "ssd_recurrent",
     "ssd_quadratic",
     "ssd_chunked",
-    "ssd",
+    "run_ssd",
     "ssd_step",
     "intra_chunk_output",
     "chunk_states",
@@ -376,7 +376,7 @@ def ssd_chunked(
     return (y, final) if return_final_state else y
 
 
-def ssd(
+def run_ssd(
     x,
     B,
     C,
