@@ -47,8 +47,8 @@ __all__ = ["Mamba2", "RMSNormGated"]
 class RMSNormGated(nn.Module):
     """``rmsnorm(x * silu(z)) * weight`` over groups of ``group_size`` channels (``norm_before_gate=False``).
 
-    As ``rms_norm_ref`` of the released ``layernorm_gated.py``, computed in float32 and returned in
-    the input dtype.
+    As ``rms_norm_ref`` of the released ``layernorm_gated.py``, computed in float32 (float64 stays
+    float64, where the released reference rounds to float32) and returned in the input dtype.
     """
 
     def __init__(self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None, device=None, dtype=None):
@@ -63,12 +63,13 @@ class RMSNormGated(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float()
+        compute = torch.promote_types(dtype, torch.float32)
+        x = x.to(compute)
         if z is not None:
-            x = x * F.silu(z.float())  # gate first, then normalize
+            x = x * F.silu(z.to(compute))  # gate first, then normalize
         groups = x.unflatten(-1, (-1, self.group_size))  # (..., G, group_size)
         groups = groups * torch.rsqrt(groups.square().mean(-1, keepdim=True) + self.eps)
-        return (groups.flatten(-2) * self.weight.float()).to(dtype)
+        return (groups.flatten(-2) * self.weight.to(compute)).to(dtype)
 
 
 class Mamba2(nn.Module):
