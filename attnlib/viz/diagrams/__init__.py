@@ -4,13 +4,15 @@ Each function takes the method's parameters and ``lang`` ("en" or "ja") and retu
 Figure; a chapter shows one with ``viz.show_figure(lambda lang: diagrams.NAME(..., lang=lang))``,
 so the picture is drawn in the page's language and always agrees with the code beside it.
 
+* :mod:`.overview` - the introduction's N x N matrix and what each family does to it.
 * :mod:`.vision` - the vision chapters' partitions (Swin, MaxViT, PVT) and DAT's shared sampling points.
 * :mod:`.language` - BigBird's blocks, Reformer's hash, sort and chunk.
+* :mod:`.mixers` - the MetaFormer block's token-mixer slot and its four mixers; CoaT's product order.
 * :mod:`.kernels` - FlashAttention's memory hierarchy and tile loops, attention heads (MHA/GQA/MQA),
   the KV cache.
 * :mod:`.blocks` - a block mask's empty, full and partial tiles; the ring's steps and layouts.
 """
 
-from . import blocks, kernels, language, vision
+from . import blocks, kernels, language, mixers, overview, vision
 
-__all__ = ["blocks", "kernels", "language", "vision"]
+__all__ = ["blocks", "kernels", "language", "mixers", "overview", "vision"]
