@@ -9,7 +9,7 @@ import torch
 matplotlib.use("Agg")
 
 
-from diagram_checks import check_language, gids  # noqa: E402
+from diagram_checks import ENGLISH_WORD, JAPANESE, check_language, gids  # noqa: E402
 
 from attnlib import viz  # noqa: E402
 from attnlib.optim import block_mask as bmk  # noqa: E402
@@ -150,3 +150,46 @@ def test_stored_images_are_the_same_bytes_every_time():
     assert first == draw_all()
     for images in first:
         assert images["en"] != images["ja"]
+
+
+# ---------------------------------------------------------------- the ring, step by step (a slider)
+
+
+@pytest.mark.parametrize("P", [1, 2, 3, 4, 5, 8])
+def test_ring_slider_frames_are_the_schedules(P):
+    schedule = ring.ring_schedule(P, "plain", 2 * P)
+    figure = blocks.ring_slider(P)
+    frames = [step.args[0]["z"][0] for step in figure.layout.sliders[0].steps]
+    assert frames == blocks.ring_hold_frames(P)
+    for s, frame in enumerate(frames):
+        for r in range(P):
+            held = [j for j, value in enumerate(frame[r]) if value == 2]
+            assert held == [schedule[s][r]["source"]] == [ring.source_rank(r, s, P)]
+            earlier = sorted(j for j, value in enumerate(frame[r]) if value == 1)
+            assert earlier == sorted(schedule[t][r]["source"] for t in range(s))
+    assert all(value > 0 for row in frames[-1] for value in row)  # every rank has held every shard
+    titles = [step.args[1]["title.text"] for step in figure.layout.sliders[0].steps]
+    for s, title in enumerate(titles):
+        held = ", ".join(f"KV{schedule[s][r]['source']}" for r in range(P))
+        assert held in title.en and held in title.ja
+        assert not JAPANESE.search(title.en) and JAPANESE.search(title.ja) and not ENGLISH_WORD.search(title.ja)
+
+
+def test_ring_slider_labels_in_both_languages():
+    figure = blocks.ring_slider(4)
+    layout = figure.layout
+    for label in [layout.xaxis.title.text, layout.yaxis.title.text, layout.sliders[0].currentvalue.prefix]:
+        assert isinstance(label, viz.Bilingual) and JAPANESE.search(label.ja) and not JAPANESE.search(label.en)
+    assert [c.ja for c in blocks.HOLD_CATEGORIES] == [viz.in_language(c, "ja") for c in layout.meta["attnlib"]["cat"]]
+
+
+def test_source_rank_is_the_rings_step():
+    assert [ring.source_rank(r, 1, 4) for r in range(4)] == [3, 0, 1, 2]
+    with pytest.raises(ValueError, match="rank"):
+        ring.source_rank(4, 0, 4)
+    with pytest.raises(ValueError, match="step"):
+        ring.source_rank(0, 4, 4)
+    with pytest.raises(ValueError, match="world_size"):
+        ring.source_rank(0, 0, 0)
+    with pytest.raises(ValueError, match="world_size must be at most 8"):
+        blocks.ring_slider(9)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 import pytest
 import torch
@@ -226,3 +228,376 @@ def test_kv_cache_decoding_in_both_languages(prompt_tokens, new_tokens):
 def test_kv_cache_bad_arguments_are_named(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+# ---------------------------------------------------------------- plotly sliders: texts in both languages
+
+
+def bilingual_texts(figure) -> list:
+    """Every viz.text in a plotly figure (titles, ticks, categories, slider steps)."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, viz.Bilingual):
+            found.append(node)
+        elif isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(figure.to_plotly_json())
+    return found
+
+
+def check_plotly_language(figure) -> None:
+    """English texts have no Japanese; each Japanese text has Japanese and no English word left."""
+    from diagram_checks import ENGLISH_WORD, JAPANESE
+
+    found = bilingual_texts(figure)
+    assert found
+    assert not [t for t in found if JAPANESE.search(t.en)], found
+    assert all(JAPANESE.search(t.ja) for t in found), found
+    assert not [t.ja for t in found if ENGLISH_WORD.search(t.ja)], found
+
+
+def slider_titles(figure) -> list:
+    return [step.args[1]["title.text"] for step in figure.layout.sliders[0].steps]
+
+
+def slider_frames(figure) -> list:
+    return [step.args[0]["z"][0] for step in figure.layout.sliders[0].steps]
+
+
+# ---------------------------------------------------------------- one query block, step by step (chapter 10)
+
+ROW_BLOCK_CASES = [  # N_q, N_k, block_q, block_k, row_block, causal
+    (20, 20, 4, 4, 3, True),
+    (20, 20, 4, 4, 3, False),
+    (7, 7, 3, 2, 2, True),
+    (5, 9, 2, 4, 1, True),
+    (9, 5, 4, 3, 2, True),
+    (1, 1, 1, 1, 0, False),
+    (11, 13, 5, 3, 0, True),
+]
+
+
+def random_qk(N_q: int, N_k: int, d: int = 6, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(N_q, d, generator=gen, dtype=torch.float64), torch.randn(
+        N_k, d, generator=gen, dtype=torch.float64
+    )
+
+
+def keys_read_by_flash(N_q, N_k, block_q, block_k, row_block, causal, monkeypatch) -> list[tuple[int, int]]:
+    """(first key, one past the last) of each key tile flash.tiled_attention_forward reads for the block."""
+    q = torch.zeros(1, 1, N_q, 2, dtype=torch.float64)
+    q[0, 0, :, 0] = torch.arange(N_q, dtype=torch.float64)
+    k = torch.zeros(1, 1, N_k, 2, dtype=torch.float64)
+    k[0, 0, :, 1] = torch.arange(N_k, dtype=torch.float64)
+    seen = []
+    original = flash._forward_tile_
+
+    def record(q_tile, k_tile, *rest):
+        if int(q_tile[0, 0, 0, 0]) // block_q == row_block:
+            keys = k_tile[0, 0, :, 1]
+            seen.append((int(keys[0]), int(keys[-1]) + 1))
+        return original(q_tile, k_tile, *rest)
+
+    monkeypatch.setattr(flash, "_forward_tile_", record)
+    flash.tiled_attention_forward(q, k, k, causal=causal, scale=1.0, block_q=block_q, block_k=block_k)
+    return seen
+
+
+@pytest.mark.parametrize("N_q, N_k, block_q, block_k, row_block, causal", ROW_BLOCK_CASES)
+def test_row_block_steps_end_at_the_dense_max_and_sum(N_q, N_k, block_q, block_k, row_block, causal, monkeypatch):
+    q, k = random_qk(N_q, N_k)
+    steps = kernels.row_block_steps(q, k, block_q, block_k, row_block, causal=causal)
+    rows = slice(row_block * block_q, min((row_block + 1) * block_q, N_q))
+    scores = q @ k.T / math.sqrt(q.shape[1])  # (N_q, N_k), dense
+    if causal:
+        scores = scores.masked_fill(~reference.causal_mask(N_q, N_k), float("-inf"))
+    scores = scores[rows]
+    sees = torch.isfinite(scores).any(dim=1)  # rows that see a key
+    if not sees.any():
+        assert steps == []
+        return
+    m = scores.amax(dim=1)
+    l = torch.exp(scores - m[:, None]).sum(dim=1)
+    last = steps[-1]
+    assert torch.allclose(torch.tensor(last.row_max, dtype=torch.float64)[sees], m[sees], rtol=0, atol=1e-12)
+    assert torch.allclose(torch.tensor(last.row_sum, dtype=torch.float64)[sees], l[sees], rtol=0, atol=1e-12)
+    # m + log l is the library's logsumexp, and the tiles are those the library reads
+    _, lse = flash.tiled_attention_forward(q[None, None], k[None, None], k[None, None], causal=causal,
+                                           block_q=block_q, block_k=block_k)  # fmt: skip
+    mine = torch.tensor(last.row_max, dtype=torch.float64) + torch.log(torch.tensor(last.row_sum, dtype=torch.float64))
+    assert torch.allclose(mine[sees], lse[0, 0, rows][sees], rtol=0, atol=1e-12)
+    read = keys_read_by_flash(N_q, N_k, block_q, block_k, row_block, causal, monkeypatch)
+    assert [(step.start, step.stop) for step in steps] == read
+    assert [step.tile for step in steps] == [start // block_k for start, _ in read]
+
+
+@pytest.mark.parametrize("N_q, N_k, block_q, block_k, row_block, causal", ROW_BLOCK_CASES)
+def test_row_block_frames_and_titles_follow_the_steps(N_q, N_k, block_q, block_k, row_block, causal):
+    q, k = random_qk(N_q, N_k, seed=1)
+    steps = kernels.row_block_steps(q, k, block_q, block_k, row_block, causal=causal)
+    figure = kernels.row_block_slider(q, k, block_q, block_k, row_block, causal=causal)
+    frames = slider_frames(figure)
+    assert frames == kernels.row_block_frames(q, k, block_q, block_k, row_block, causal=causal)
+    assert len(frames) == len(steps) + 1
+    first_row = row_block * block_q
+    offset = N_k - N_q
+    for frame, step in zip(frames[1:], steps):
+        for i, row in enumerate(frame):
+            assert [j for j, value in enumerate(row) if value == kernels.READ_NOW] == [
+                j for j in range(step.start, step.stop) if not (causal and j > first_row + i + offset)
+            ]  # the tile read at this step, less what the causal mask hides in it
+            masked = [j for j, value in enumerate(row) if value == kernels.READ_MASKED]  # in the tiles read so far
+            assert masked == [j for j in range(step.stop) if causal and j > first_row + i + offset]
+    stop = steps[-1].stop if steps else 0
+    assert all(
+        (value == kernels.NEVER_READ) == (j >= stop) for row in frames[-1] for j, value in enumerate(row)
+    )  # fmt: skip
+    titles = slider_titles(figure)
+    for title, step in zip(titles[1:], steps):  # m and l after the step, rounded, in both languages
+        for language in ("en", "ja"):
+            shown = viz.in_language(title, language)
+            assert ", ".join(f"{v:.2f}" for v in step.row_max) in shown
+            assert ", ".join(f"{v:.2f}" for v in step.row_sum) in shown
+    check_plotly_language(figure)
+
+
+def test_row_block_figure_data_is_integer_categories():
+    q, k = random_qk(20, 20)
+    figure = kernels.row_block_slider(q, k, 4, 4, 3, causal=True)
+    for frame in slider_frames(figure):
+        assert all(isinstance(v, int) and 0 <= v < len(kernels.ROW_BLOCK_CATEGORIES) for row in frame for v in row)
+
+
+# ---------------------------------------------------------------- the Triton program (chapter 11)
+
+
+try:  # the Triton kernel's own helpers (the interpreter runs them on the CPU: conftest sets TRITON_INTERPRET)
+    import triton
+    import triton.language as tl
+
+    from attnlib.optim import flash_triton as ft
+except ImportError:  # no triton: the tests that need it are skipped
+    ft = None
+else:
+    key_range = ft._key_range  # a global: the interpreter resolves the kernel's names in this module
+
+    @triton.jit
+    def key_range_probe(Ranges, N_Q, N_K, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_m = tl.program_id(0)
+        n_full, n_hi = key_range(pid_m * BLOCK_M, N_Q, N_K, CAUSAL, BLOCK_M, BLOCK_N)
+        tl.store(Ranges + 2 * pid_m, n_full)
+        tl.store(Ranges + 2 * pid_m + 1, n_hi)
+
+
+needs_triton = pytest.mark.skipif(ft is None, reason="triton is not installed")
+
+
+def kernel_key_ranges(N_q, N_k, causal, block_m, block_n) -> list[tuple[int, int]]:
+    """(n_full, n_hi) of every program, from the forward kernel's own _key_range."""
+    ranges = torch.full((triton.cdiv(N_q, block_m), 2), -1, dtype=torch.int32)
+    key_range_probe[(len(ranges),)](ranges, N_q, N_k, CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n)
+    return [tuple(r) for r in ranges.tolist()]
+
+
+@needs_triton
+@pytest.mark.parametrize("N_q, N_k", [(512, 512), (1, 1), (17, 33), (64, 40), (130, 257), (40, 100)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("block_m, block_n", [(128, 64), (32, 16), (16, 32)])
+def test_program_tiles_are_the_kernels_key_range(N_q, N_k, causal, block_m, block_n):
+    for program, (n_full, n_hi) in enumerate(kernel_key_ranges(N_q, N_k, causal, block_m, block_n)):
+        tiles = kernels.program_tiles(N_q, N_k, block_m, block_n, program, causal=causal)
+        assert tiles.rows == range(program * block_m, min((program + 1) * block_m, N_q))
+        assert tiles.unmasked == range(n_full // block_n)  # stage 1: range(0, n_full, BLOCK_N)
+        assert list(tiles.masked) == [start // block_n for start in range(n_full, n_hi, block_n)]  # stage 2
+        assert tiles.skipped == range(tiles.masked.stop, math.ceil(N_k / block_n))
+
+
+@needs_triton
+def test_forward_grid_and_tiles_are_the_launchs(monkeypatch):
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((tuple(grid), kwargs))
+
+            return launch
+
+    monkeypatch.setattr(ft, "_flash_fwd_kernel", Recorder())
+    B, H, N_q, N_k, d = 2, 3, 70, 50, 16
+    q, k, v = torch.randn(B, H, N_q, d), torch.randn(B, 1, N_k, d), torch.randn(B, 1, N_k, d)
+    ft.flash_forward(q, k, v, causal=True)
+    config = ft.kernel_config("forward", d, torch.float32, None)  # the interpreter's configuration
+    ((grid, options),) = launches
+    assert grid == kernels.forward_grid(N_q, B * H, config.block_m)
+    assert (options["BLOCK_M"], options["BLOCK_N"]) == (config.block_m, config.block_n)
+    assert (options["num_warps"], options["num_stages"]) == (config.num_warps, config.num_stages)
+
+
+@pytest.mark.parametrize(
+    "N, d, capability, program, causal",
+    [(512, 64, 80, 2, True), (512, 128, 90, 3, False), (200, 64, 75, 2, True), (64, 16, None, 0, True)],
+)
+@needs_triton
+def test_triton_program_draws_the_programs_tiles(N, d, capability, program, causal):
+    config = ft.kernel_config("forward", d, torch.float16, capability)
+    tiles = kernels.program_tiles(N, N, config.block_m, config.block_n, program, causal=causal)
+    figure = kernels.triton_program(N, head_dim=d, dtype=torch.float16, capability=capability, program=program,
+                                    causal=causal)  # fmt: skip
+    assert figure.get_figwidth() <= 7
+    drawn = sorted(gids(figure, "tile "))
+    shown = " ".join(texts(figure))
+    kinds = {j: "unmasked" for j in tiles.unmasked} | {j: "masked" for j in tiles.masked}
+    expected = [f"tile {program},{j},{kinds.get(j, 'skipped')}" for j in range(math.ceil(N / config.block_n))]
+    assert drawn == sorted(expected)
+    for label in (f"BLOCK_M = {config.block_m}", f"BLOCK_N = {config.block_n}", f"{config.num_stages} buffers",
+                  f"grid = ({math.ceil(N / config.block_m)}, B x H)", f"rows {tiles.rows.start}..{tiles.rows.stop - 1}",
+                  f"{len(tiles.unmasked) + len(tiles.masked)} tiles"):  # fmt: skip
+        assert label in shown, (label, shown)
+
+
+@pytest.mark.parametrize("N, program, causal", [(512, 2, True), (48, 0, False), (1, 0, True)])
+@needs_triton
+def test_triton_program_in_both_languages(N, program, causal):
+    check_language(lambda lang: kernels.triton_program(N, head_dim=64, dtype=torch.float16, capability=80,
+                                                       program=program, causal=causal, lang=lang))  # fmt: skip
+
+
+# ---------------------------------------------------------------- the decoder block (chapter 12)
+
+
+def evaluate_block(edges, modules: dict, x: torch.Tensor) -> torch.Tensor:
+    """Run the drawn graph: each node applies its module to its one input, or adds its inputs."""
+    inputs: dict[str, list] = {}
+    for source, target in edges:
+        inputs.setdefault(target, []).append(source)
+    values = {"x": x}
+    while "out" not in values:
+        for node, sources in inputs.items():
+            if node in values or not all(s in values for s in sources):
+                continue
+            if node.startswith("add") or node == "out":
+                values[node] = sum(values[s] for s in sources)
+            else:
+                (source,) = sources
+                values[node] = modules[node](values[source])
+    return values["out"]
+
+
+@pytest.mark.parametrize("new_decoder_architecture", [True, False])
+def test_drawn_parallel_block_is_falcons(new_decoder_architecture):
+    torch.manual_seed(0)
+    config = falcon.FalconConfig(vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                 new_decoder_architecture=new_decoder_architecture)  # fmt: skip
+    layer = falcon.FalconDecoderLayer(config).double()
+    with torch.no_grad():  # LayerNorms that differ from each other and from the identity
+        for module in layer.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    options = dict(start=0, cache=None, layer=0, attention="reference", output_attentions=False)
+    modules = {name: module for name, module in layer.named_children()}
+    modules["self_attention"] = lambda u: layer.self_attention(u, **options)[0]
+    with torch.no_grad():
+        expected, _ = layer(x, **options)
+        parallel = evaluate_block(kernels.decoder_block_graph(new_decoder_architecture), modules, x)
+        norm = "ln_mlp" if new_decoder_architecture else "input_layernorm"
+        modules["post_attention_layernorm"] = modules[norm]
+        modules.setdefault("input_layernorm", modules.get("ln_attn"))
+        sequential = evaluate_block(kernels.decoder_block_graph(new_decoder_architecture, parallel=False), modules, x)
+    assert torch.allclose(parallel, expected, rtol=0, atol=1e-12)
+    assert not torch.allclose(sequential, expected, atol=1e-3)  # the other block computes something else
+    figure = kernels.decoder_blocks(new_decoder_architecture)
+    drawn = gids(figure, "edge ")
+    plt.close(figure)
+    edges = [f"edge {a}->{b}" for parallel in (False, True)
+             for a, b in kernels.decoder_block_graph(new_decoder_architecture, parallel=parallel)]  # fmt: skip
+    assert drawn == edges
+
+
+@pytest.mark.parametrize("new_decoder_architecture", [True, False])
+def test_decoder_blocks_in_both_languages(new_decoder_architecture):
+    check_language(lambda lang: kernels.decoder_blocks(new_decoder_architecture, lang=lang))
+
+
+# ---------------------------------------------------------------- the KV cache slider (chapter 12)
+
+
+@pytest.mark.parametrize("prompt_tokens, new_tokens", [(13, 4), (1, 1), (5, 3), (2, 9)])
+def test_kv_cache_slider_frames_are_falcons_cache(prompt_tokens, new_tokens):
+    config = falcon.FalconConfig(vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2)
+    model = falcon.FalconForCausalLM(config).eval()
+    cache = falcon.KVCache(config, batch_size=1, max_length=prompt_tokens + new_tokens)
+    figure = kernels.kv_cache_slider(prompt_tokens, new_tokens)
+    frames = slider_frames(figure)
+    assert frames == kernels.kv_cache_frames(prompt_tokens, new_tokens)
+    with torch.no_grad():
+        for frame, (start, stop) in zip(frames, kernels.cache_schedule(prompt_tokens, new_tokens), strict=True):
+            before = cache.length
+            model(torch.zeros(1, stop - start, dtype=torch.long), cache=cache)
+            for row in frame:  # keys and values: filled before, written now, empty
+                assert row == [1] * before + [2] * (cache.length - before) + [0] * (cache.max_length - cache.length)
+    titles = slider_titles(figure)
+    assert f"{prompt_tokens} tokens written" in titles[0]
+    assert f"1 query reads {prompt_tokens + new_tokens} keys" in titles[-1]
+    check_plotly_language(figure)
+
+
+# ---------------------------------------------------------------- bad input of the new figures
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: kernels.row_block_steps(torch.randn(8, 4), torch.randn(8, 4), 4, 4, 2), "row_block must be"),
+        (lambda: kernels.row_block_steps(torch.randn(8, 4), torch.randn(8, 3), 4, 4, 0), "same feature dimension"),
+        (lambda: kernels.row_block_steps(torch.randn(2, 8, 4), torch.randn(8, 4), 4, 4, 0), "q must be"),
+        (lambda: kernels.row_block_steps(torch.randn(8, 4), torch.ones(8, 4, dtype=torch.long), 4, 4, 0), "k must be"),
+        (lambda: kernels.row_block_steps(torch.randn(8, 4), torch.randn(8, 4), 0, 4, 0), "block_q"),
+        (lambda: kernels.row_block_steps(torch.randn(8, 4), torch.randn(8, 4), 4, 0, 0), "block_k"),
+        (lambda: kernels.row_block_steps(torch.randn(8, 4), torch.randn(8, 4), 4, 4, 0, causal=1), "causal"),
+        (lambda: kernels.row_block_slider(torch.randn(16, 4), torch.randn(8, 4), 16, 4, 0), "at most 8 query rows"),
+        (lambda: kernels.row_block_slider(torch.randn(8, 4), torch.randn(8, 4), 4, 4, 0, digits=0), "digits"),
+        (lambda: kernels.program_tiles(64, 64, 16, 16, 4), "program must be"),
+        (lambda: kernels.program_tiles(64, 0, 16, 16, 0), "N_k"),
+        (lambda: kernels.program_tiles(64, 64, 16, 16, 0, causal="yes"), "causal"),
+        (lambda: kernels.forward_grid(64, 0, 16), "batch_heads"),
+        (
+            lambda: kernels.triton_program(4096, head_dim=64, dtype=torch.float16, capability=80, program=0),
+            "at most 256 tiles",
+        ),
+        (
+            lambda: kernels.triton_program(512, head_dim=64, dtype=torch.float16, capability=80, program=0, lang="fr"),
+            "language",
+        ),
+        (lambda: kernels.decoder_block_graph(1), "new_decoder_architecture"),
+        (lambda: kernels.decoder_blocks(True, lang="de"), "language"),
+        (lambda: kernels.kv_cache_slider(40, 30), "at most 64"),
+        (lambda: kernels.kv_cache_frames(0, 3), "prompt_tokens"),
+    ],
+)
+def test_new_figures_name_their_bad_arguments(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
+
+
+def test_new_static_figures_are_the_same_bytes_every_time():
+    def draw_all():
+        return [
+            viz.figure_images(lambda lang: kernels.triton_program(
+                512, head_dim=64, dtype=torch.float16, capability=80, program=2, causal=True, lang=lang)).images,
+            viz.figure_images(lambda lang: kernels.decoder_blocks(True, lang=lang)).images,
+        ]  # fmt: skip
+
+    first = draw_all()
+    assert first == draw_all()
+    for images in first:
+        assert images["en"] != images["ja"]

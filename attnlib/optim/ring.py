@@ -63,6 +63,7 @@ __all__ = [
     "unshard",
     "Piece",
     "visible_pieces",
+    "source_rank",
     "ring_schedule",
     "schedule_grid",
     "RingStats",
@@ -204,6 +205,20 @@ def _block_plan(rank, source, world_size, layout, c_q, c_k, offset, causal) -> l
     return plan
 
 
+def source_rank(rank: int, step: int, world_size: int) -> int:
+    """The rank whose key/value shard ``rank`` holds at ``step`` of the ring: ``(rank - step) mod P``.
+
+    Every rank sends the shard it holds to ``rank + 1`` and receives from ``rank - 1``, so at step
+    ``s`` rank ``r`` holds the shard that started on rank ``r - s``; after ``P`` steps every rank has
+    held every shard once.
+    """
+    check_positive_int("world_size", world_size)
+    for name, value in (("rank", rank), ("step", step)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < world_size:
+            raise ValueError(f"{name} must be an int in [0, {world_size}), got {value!r}")
+    return (rank - step) % world_size
+
+
 def ring_schedule(world_size: int, layout: str, N_q: int, N_k: int | None = None, *, causal: bool = True):
     """What every rank computes at every step of the ring, without running it.
 
@@ -226,7 +241,7 @@ def ring_schedule(world_size: int, layout: str, N_q: int, N_k: int | None = None
     for step in range(world_size):
         ranks = []
         for rank in range(world_size):
-            source = (rank - step) % world_size
+            source = source_rank(rank, step, world_size)
             plan = _block_plan(rank, source, world_size, layout, c_q, c_k, offset, causal)
             q_chunks = chunks_of_rank(rank, world_size, layout)
             k_chunks = chunks_of_rank(source, world_size, layout)
@@ -499,7 +514,7 @@ class RingAttentionFunction(torch.autograd.Function):
             tick = time.perf_counter()
             if step + 1 < ring.size:  # start the next hop first: it travels while we compute
                 next_kv, works = ring.start_exchange(kv, _KV_TAG, stats)
-            source = (ring.rank - step) % ring.size
+            source = source_rank(ring.rank, step, ring.size)
             k_src, v_src = _unpack(kv, kv_shapes)  # (B, H_kv, n_k, d), (B, H_kv, n_k, d_v)
             if chosen != "triton":
                 k_src, v_src = k_src.to(compute_dtype), v_src.to(compute_dtype)
@@ -566,7 +581,7 @@ class RingAttentionFunction(torch.autograd.Function):
             if stats is not None:
                 stats.backward_wait_s += time.perf_counter() - tick
                 tick = time.perf_counter()
-            source = (ring.rank - step) % ring.size
+            source = source_rank(ring.rank, step, ring.size)
             k_src, v_src = _unpack(kv, kv_shapes)
             if chosen != "triton":
                 k_src, v_src = k_src.to(compute_dtype), v_src.to(compute_dtype)
@@ -698,7 +713,7 @@ class _SimulatedRing(torch.autograd.Function):
             out = torch.zeros(B, H, n_q, v.shape[3], dtype=compute_dtype)  # (B, H, n_q, d_v)
             lse = torch.full((B, H, n_q), float("-inf"), dtype=compute_dtype)  # (B, H, n_q)
             for step in range(world_size):
-                source = (rank - step) % world_size
+                source = source_rank(rank, step, world_size)
                 plan = _block_plan(rank, source, world_size, layout, c_q, c_k, offset, causal)
                 _forward_block_(local, q_parts[rank], k_parts[source], v_parts[source], plan, c_q, c_k, out, lse)
             outs.append(out)
@@ -719,7 +734,7 @@ class _SimulatedRing(torch.autograd.Function):
         for rank in range(world_size):
             dout_local = shard(dout, rank, world_size, layout=layout).to(outs[rank].dtype)
             for step in range(world_size):
-                source = (rank - step) % world_size
+                source = source_rank(rank, step, world_size)
                 plan = _block_plan(rank, source, world_size, layout, c_q, c_k, offset, causal)
                 _backward_block_(
                     local, q_parts[rank], k_parts[source], v_parts[source], outs[rank], lses[rank], dout_local,

@@ -3,6 +3,7 @@
 * :func:`block_mask_tiles` - the empty, full and partial tiles of a block mask over its element mask.
 * :func:`ring_steps` - ``P`` devices in a ring; the key/value shards move one device per step.
 * :func:`ring_layouts` - which chunks of the sequence each device holds: plain and zigzag.
+* :func:`ring_slider` - the same ring step by step (a plotly slider): which shard each rank holds.
 
 The drawings come from the same rules as the library: :func:`tile_kinds` is the classification
 of :mod:`attnlib.optim.block_mask` (a ragged last tile is never full), :func:`shard_source` the
@@ -32,6 +33,9 @@ __all__ = [
     "block_mask_tiles",
     "shard_source",
     "ring_steps",
+    "HOLD_CATEGORIES",
+    "ring_hold_frames",
+    "ring_slider",
     "chunk_owners",
     "ring_layouts",
 ]
@@ -137,13 +141,12 @@ def _check_ring(world_size: int) -> None:
 def shard_source(rank: int, step: int, world_size: int) -> int:
     """The rank whose key/value shard ``rank`` holds at ``step``: ``(rank - step) mod P``.
 
-    Rank ``r`` sends to ``r + 1`` and receives from ``r - 1`` (:func:`attnlib.optim.ring.ring_schedule`).
+    Rank ``r`` sends to ``r + 1`` and receives from ``r - 1``: :func:`attnlib.optim.ring.source_rank`,
+    the step of the ring's own loops and of :func:`attnlib.optim.ring.ring_schedule`.
     """
-    check_positive_int("world_size", world_size)
-    for name, value in (("rank", rank), ("step", step)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < world_size:
-            raise ValueError(f"{name} must be an int in [0, {world_size}), got {value!r}")
-    return (rank - step) % world_size
+    from ...optim import ring
+
+    return ring.source_rank(rank, step, world_size)
 
 
 def ring_steps(world_size: int, *, lang: str = "en"):
@@ -252,3 +255,55 @@ def ring_layouts(world_size: int, N: int, *, lang: str = "en"):
         fontsize=FONT_SIZE - 2,
     )  # fmt: skip
     return figure
+
+
+# ---------------------------------------------------------------- the ring, step by step
+
+HOLD_CATEGORIES = (
+    text(en="not held yet", ja="まだ受け取っていない"),
+    text(en="held at an earlier step", ja="前のステップで持っていた"),
+    text(en="held now", ja="いま持っている"),
+)
+
+
+def ring_hold_frames(world_size: int) -> list[list[list[int]]]:
+    """One ``(P, P)`` frame per step: ``frames[s][r][j]`` for rank ``r`` and key/value shard ``j``.
+
+    2: rank ``r`` holds shard ``j`` at step ``s`` (:func:`shard_source`); 1: it held it at an
+    earlier step; 0: not yet. After the last step every rank has held every shard once.
+    """
+    _check_ring(world_size)
+    P = world_size
+    frames = []
+    for step in range(P):
+        frame = [[0] * P for _ in range(P)]
+        for r in range(P):
+            for earlier in range(step):
+                frame[r][shard_source(r, earlier, P)] = 1
+            frame[r][shard_source(r, step, P)] = 2
+        frames.append(frame)
+    return frames
+
+
+def ring_slider(world_size: int):
+    """The ring passing its shards, one slider step per ring step; returns the plotly figure (``viz.show_plotly``).
+
+    Rows are ranks, columns key/value shards (:func:`ring_hold_frames`); each title lists the shard
+    every rank holds at that step.
+    """
+    from .. import slider_heatmap
+
+    frames = ring_hold_frames(world_size)
+    P = world_size
+    titles = []
+    for step in range(P):
+        held = ", ".join(f"KV{shard_source(r, step, P)}" for r in range(P))
+        ranks = ", ".join(str(r) for r in range(P))
+        titles.append(text(en=f"step {step}: ranks {ranks} hold {held}",
+                           ja=f"ステップ{step}：ランク{ranks}が{held}を持つ"))  # fmt: skip
+    return slider_heatmap(
+        frames, [str(step) for step in range(P)], titles=titles, categories=list(HOLD_CATEGORIES),
+        x_ticks=[f"KV{j}" for j in range(P)], y_ticks=[str(r) for r in range(P)],
+        xlabel=text(en="key/value shard", ja="キー・バリューの断片"), ylabel=text(en="rank", ja="ランク"),
+        slider_prefix=text(en="step ", ja="ステップ "), size=360,
+    )  # fmt: skip
