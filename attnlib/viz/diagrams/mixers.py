@@ -145,7 +145,7 @@ def _card_lines(card: MixerCard) -> list:
         formed = text(f"{h} heads × {rows}×{cols} weights", f"ヘッド{h}個 × {rows}×{cols}の重み")
     elif card.key == "mlp":
         D = card.details["tokens_mlp_dim"]
-        formed = text(f"$W_1$: {D}×{n}, one per position", f"$W_1$：{D}×{n}、位置ごとの重み")
+        formed = text(f"$W_1$: {D}×{n}, a column per position", f"$W_1$：{D}×{n}、位置ごとに1列")
     elif card.key == "pooling":
         K = card.details["pool_size"]
         formed = text(f"{K}×{K} window, fixed weights", f"{K}×{K}のウィンドウ、固定の重み")

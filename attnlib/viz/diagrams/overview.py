@@ -210,8 +210,8 @@ def score_matrix_families(
     ax = axes[2]
     _cells(ax, "pooling", ex.pooling, vmax)
     title = text(
-        f"approximation: another mixer\naverage of {pool_size} neighbours, not q·k",
-        f"近似計算：ミキサーを替える\n近傍{pool_size}個の平均（q·kを使わない）",
+        f"approximation: another mixer\naverage over a window of {pool_size}, not q·k",
+        f"近似計算：ミキサーを替える\n幅{pool_size}のウィンドウの平均（q·kを使わない）",
     )
     _matrix_axes(ax, N, N, in_language(title, lang))
 
