@@ -28,7 +28,15 @@ EXACTNESS = {
     "derived keys": "softmax attention over fewer keys made from the input (pooled or sampled)",
     "shared heads": "softmax attention with keys and values shared between query heads (MQA/GQA)",
     "another mixer": "a different token mixer in attention's place",
+    "another kernel": "attention normalized with another similarity kernel (a feature map) in exp's place",
+    "random features": "an unbiased random-feature estimate of softmax's kernel exp(q.k), then normalized",
+    "projected keys": "softmax attention over k keys and values projected from all N along the sequence (low rank)",
 }
+# Whether a method approximates softmax attention (the linear-attention chapter's column): "yes" (the
+# error can be made small: a low-rank projection, Linformer's Theorem 2), "in expectation" (an unbiased
+# estimate of softmax's kernel, Performer), "no" (a different model in attention's place). None where
+# the question does not arise (exact methods, restricted patterns, derived keys, shared heads).
+APPROXIMATES_SOFTMAX = ("yes", "in expectation", "no")
 
 
 def _resolve(path: str | None):
@@ -61,6 +69,8 @@ class Method:
     make_mixer: str | None = None
     # a key of EXACTNESS: what the method computes, compared with softmax attention over all pairs
     exactness: str | None = None
+    # one of APPROXIMATES_SOFTMAX, or None where the question does not arise
+    approximates_softmax: str | None = None
 
     def __post_init__(self):
         if self.category not in CATEGORIES:
@@ -69,6 +79,10 @@ class Method:
             raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.exactness not in EXACTNESS:
             raise ValueError(f"exactness must be one of {sorted(EXACTNESS)}, got {self.exactness!r}")
+        if self.approximates_softmax not in (None, *APPROXIMATES_SOFTMAX):
+            raise ValueError(
+                f"approximates_softmax must be None or one of {APPROXIMATES_SOFTMAX}, got {self.approximates_softmax!r}"
+            )
 
     def attention_fn(self) -> Callable | None:
         """The attention kernel, imported on first use."""
@@ -311,6 +325,7 @@ METHODS: list[Method] = [
         exactness="another mixer",
         chapter="07_mlp_mixer.ipynb",
         make_mixer="attnlib.approx.mixer:make_mixer",
+        approximates_softmax="no",
     ),
     Method(
         name="poolformer",
@@ -327,6 +342,7 @@ METHODS: list[Method] = [
         exactness="another mixer",
         chapter="08_poolformer.ipynb",
         make_mixer="attnlib.approx.poolformer:make_mixer",
+        approximates_softmax="no",
     ),
     Method(
         name="coat",
@@ -343,6 +359,64 @@ METHODS: list[Method] = [
         exactness="another mixer",
         chapter="09_coat.ipynb",
         make_mixer="attnlib.approx.coat:make_mixer",
+        approximates_softmax="no",
+    ),
+    Method(
+        name="linear",
+        title="Linear attention (feature map elu + 1, the product reordered)",
+        category="approximation",
+        domain="any",
+        paper="Katharopoulos, Vyas, Pappas, Fleuret, Transformers are RNNs: Fast Autoregressive Transformers "
+        "with Linear Attention, ICML 2020",
+        url="https://arxiv.org/abs/2006.16236",
+        # m = feature dimension (= d for elu + 1); causal: chunked, C = chunk size (64)
+        time_cost="O(N m d); causal chunked O(N C m + N m d)",
+        memory_cost="O(m d) state per head (no N x N); decoding: constant per token",
+        attention="attnlib.approx.linear:linear_attention",
+        module="attnlib.approx.linear:LinearSelfAttention",
+        pattern=None,
+        exactness="another kernel",
+        approximates_softmax="no",
+        chapter="16_linear_attention.ipynb",
+        bench_kwargs={"chunk_size": 64},
+        make_mixer="attnlib.approx.linear:make_mixer",
+    ),
+    Method(
+        name="performer",
+        title="Performer (FAVOR+: positive orthogonal random features)",
+        category="approximation",
+        domain="any",
+        paper="Choromanski et al., Rethinking Attention with Performers, ICLR 2021",
+        url="https://arxiv.org/abs/2009.14794",
+        time_cost="O(N m d), m = random features (256 here)",
+        memory_cost="O(m d) state per head (no N x N)",
+        attention="attnlib.approx.performer:performer_attention",
+        module="attnlib.approx.performer:PerformerSelfAttention",
+        pattern=None,
+        exactness="random features",
+        approximates_softmax="in expectation",
+        chapter="16_linear_attention.ipynb",
+        bench_kwargs={"num_features": 256, "orthogonal": True, "seed": 0},
+        make_mixer="attnlib.approx.performer:make_mixer",
+    ),
+    Method(
+        name="linformer",
+        title="Linformer (keys and values projected along the sequence to k rows)",
+        category="approximation",
+        domain="any",
+        paper="Wang, Li, Khabsa, Fang, Ma, Linformer: Self-Attention with Linear Complexity, arXiv 2020",
+        url="https://arxiv.org/abs/2006.04768",
+        time_cost="O(N k d), k = projected length (256 here); not causal",
+        memory_cost="O(N k) scores (O(N) fused), (k, N) projections E, F",
+        attention="attnlib.approx.linformer:linformer_attention",
+        module="attnlib.approx.linformer:LinformerSelfAttention",
+        pattern=None,
+        exactness="projected keys",
+        approximates_softmax="yes",
+        chapter="16_linear_attention.ipynb",
+        # random projections (Theorem 2's N(0, 1/k)) drawn from the seed, in blocks; in a model E, F are learned
+        bench_kwargs={"proj_len": 256, "seed": 0},
+        make_mixer="attnlib.approx.linformer:make_mixer",
     ),
 ]
 
