@@ -191,12 +191,12 @@ def segsum(log_a: torch.Tensor) -> torch.Tensor:
     x = x.masked_fill(~strictly_below, 0)  # keep log_a[i] for i > j
     sums = torch.cumsum(x, dim=-2)  # sums[i, j] = sum_{j < k <= i} log_a[k]
     causal = torch.ones(T, T, dtype=torch.bool, device=log_a.device).tril()
-    return sums.masked_fill(~causal, -math.inf)
+    return sums.masked_fill_(~causal, -math.inf)  # in place: sums is a new tensor
 
 
 def decay_mask(log_a: torch.Tensor) -> torch.Tensor:
     """``L = exp(segsum(log_a))``: ``(..., T) -> (..., T, T)``, lower triangular, ones on the diagonal."""
-    return torch.exp(segsum(log_a))
+    return segsum(log_a).exp_()
 
 
 def naive_decay_mask(a: torch.Tensor) -> torch.Tensor:
@@ -242,7 +242,9 @@ def ssd_step(state, x, B, C, *, a=None, log_a=None, check_values: bool = True):
             raise ValueError(f"{name} must be on the device of state ({state.device}), got {t.device}")
     log_a = resolve_log_decay(a, log_a, (Bsz, H), state, check_values=check_values)
     state = torch.exp(log_a)[..., None, None] * state + B[..., :, None] * x[..., None, :]  # (B, H, n, d)
-    y = torch.einsum("bhn,bhnd->bhd", C, state)  # (B, H, d)
+    # y = C^T h as a product and a sum over n: a (1, n) @ (n, d) matmul per head would go to a BLAS
+    # batch whose thread start-up costs more than the arithmetic at this size.
+    y = (C[..., :, None] * state).sum(-2)  # (B, H, d)
     return y, state
 
 
