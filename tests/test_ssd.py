@@ -328,3 +328,23 @@ def test_wrong_shapes_name_the_argument():
         S.mamba2_decay(torch.ones(1, 2, 5, dtype=F64), -torch.ones(3, dtype=F64))
     with pytest.raises(ValueError, match=r"^gammas must be decays in \(0, 1\]"):
         S.retnet_decay(1, 2, 5, gammas=torch.tensor([0.5, 1.5]))
+
+
+# --------------------------------------------------------------------------------------
+# The attention signature (registry, attnlib.bench)
+# --------------------------------------------------------------------------------------
+def test_ssd_attention_is_the_model_with_q_k_v_as_C_B_x():
+    gen = torch.Generator().manual_seed(12)
+    q = torch.randn(2, 4, 30, 8, dtype=F64, generator=gen)
+    k = torch.randn(2, 2, 30, 8, dtype=F64, generator=gen)  # grouped: 2 key/value heads for 4 query heads
+    v = torch.randn(2, 2, 30, 5, dtype=F64, generator=gen)
+    k4, v4 = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    ref = S.ssd_recurrent(v4, k4, q, log_a=S.retnet_decay(2, 4, 30, dtype=F64))
+    assert max_err(S.ssd_attention(q, k, v), ref) < TOL
+    assert max_err(S.ssd_attention(q, k, v, decay="none"), causal_linear_attention_direct(q, k4, v4)) < TOL
+    with pytest.raises(ValueError, match="^causal must be True"):
+        S.ssd_attention(q, k, v, causal=False)
+    with pytest.raises(ValueError, match="^decay must be one of"):
+        S.ssd_attention(q, k, v, decay="mamba")
+    with pytest.raises(ValueError, match="same number of tokens"):
+        S.ssd_attention(q[:, :, :20], k, v)

@@ -67,7 +67,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_flag, check_positive_int, check_qkv, check_tensor
 
 __all__ = [
     "segsum",
@@ -89,10 +89,13 @@ __all__ = [
     "retnet_decay",
     "linear_attention_decay",
     "state_bytes",
+    "ssd_attention",
     "ALGORITHMS",
+    "DECAYS",
 ]
 
 ALGORITHMS = ("recurrent", "quadratic", "chunked", "triton")
+DECAYS = ("retnet", "none")
 
 
 # --------------------------------------------------------------------------------------
@@ -462,3 +465,30 @@ def linear_attention_decay(batch: int, num_heads: int, N: int, *, dtype=torch.fl
 def state_bytes(batch: int, num_heads: int, state_size: int, head_dim: int, *, dtype=torch.float32) -> int:
     """Bytes of the decoding state ``(B, H, n, d)``: independent of the number of tokens."""
     return batch * num_heads * state_size * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+# --------------------------------------------------------------------------------------
+# The attention signature of attnlib's kernels (the registry and attnlib.bench)
+# --------------------------------------------------------------------------------------
+def ssd_attention(q, k, v, *, causal: bool = True, decay: str = "retnet", chunk_size: int = 64, algorithm="chunked"):
+    """The SSD model in the signature of attnlib's attention kernels: ``C = q``, ``B = k``, ``x = v``.
+
+    ``q: (B, H, N, d)``, ``k: (B, H_kv, N, d)``, ``v: (B, H_kv, N, d_v)`` (``H_kv`` dividing ``H``;
+    the state size is ``n = d``) -> ``(B, H, N, d_v)``. ``decay``: ``"retnet"`` (RetNet's fixed decay
+    per head, :func:`retnet_gammas`) or ``"none"`` (``a = 1``: unnormalised causal linear attention).
+    No softmax, no scale, no normalisation: a different token mixer in attention's place. Causal
+    only: ``causal=False`` is refused (the state runs forward in time).
+    """
+    check_flag("causal", causal)
+    if not causal:
+        raise ValueError("causal must be True: the SSD model is a recurrence forward in time (no bidirectional form)")
+    if decay not in DECAYS:
+        raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
+    Bsz, H, H_kv, N_q, N_k, _ = check_qkv(q, k, v)
+    if N_q != N_k:
+        raise ValueError(f"q and k must have the same number of tokens (a causal scan), got N_q={N_q}, N_k={N_k}")
+    if H_kv != H:  # grouped heads: each key/value head serves H // H_kv query heads
+        k, v = k.repeat_interleave(H // H_kv, dim=1), v.repeat_interleave(H // H_kv, dim=1)
+    make = retnet_decay if decay == "retnet" else linear_attention_decay
+    log_a = make(Bsz, H, N_q, dtype=q.dtype, device=q.device)
+    return run_ssd(v, k, q, log_a=log_a, algorithm=algorithm, chunk_size=chunk_size)
