@@ -8,6 +8,7 @@ one-token step, the decays of Mamba-2, RetNet and linear attention), :mod:`attnl
 from .mamba2 import Mamba2, RMSNormGated
 from .ssd import (
     ALGORITHMS,
+    DECAYS,
     chunk_states,
     decay_mask,
     intra_chunk_output,
@@ -19,6 +20,7 @@ from .ssd import (
     retnet_gammas,
     run_ssd,
     segsum,
+    ssd_attention,
     ssd_chunked,
     ssd_quadratic,
     ssd_recurrent,
@@ -29,6 +31,7 @@ from .ssd import (
 
 __all__ = [
     "ALGORITHMS",
+    "DECAYS",
     "Mamba2",
     "RMSNormGated",
     "chunk_states",
@@ -42,6 +45,7 @@ __all__ = [
     "retnet_gammas",
     "segsum",
     "run_ssd",
+    "ssd_attention",
     "ssd_chunked",
     "ssd_quadratic",
     "ssd_recurrent",
