@@ -383,14 +383,15 @@ def kv_cache_decoding(prompt_tokens: int, new_tokens: int, *, lang: str = "en"):
 
 # ---------------------------------------------------------------- FlashAttention: one query block, step by step
 
-ROW_BLOCK_CATEGORIES = (  # the values of row_block_frames, index = value
+# the values of row_block_frames, index = value (the colours of chapter 10's tile-by-tile figure)
+ROW_BLOCK_CATEGORIES = (
     text(en="not read yet", ja="未読"),
     text(en="read earlier", ja="読み終えた"),
     text(en="read now", ja="いま読む"),
-    text(en="read, masked (-inf)", ja="読むがマスク (-inf)"),
     text(en="never read", ja="読まない"),
+    text(en="read, masked (-inf)", ja="読むがマスク (-inf)"),
 )
-NOT_READ, READ_EARLIER, READ_NOW, READ_MASKED, NEVER_READ = range(5)
+NOT_READ, READ_EARLIER, READ_NOW, NEVER_READ, READ_MASKED = range(5)
 
 
 class RowBlockStep(NamedTuple):
