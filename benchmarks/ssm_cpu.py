@@ -23,7 +23,11 @@ Usage::
 
     python benchmarks/ssm_cpu.py --out benchmarks/results/cpu_ssm.csv
 
-Only ratios measured in one run mean something on a shared machine. Chapter: "State-space models"
+Every worker runs with ``OMP_WAIT_POLICY=PASSIVE`` (``--omp-wait-policy``): OpenMP's threads sleep
+at the end of a parallel region instead of spinning. On a machine shared with other processes, a
+spinning thread holds a core that the other thread of the same operation is waiting for; the many
+small parallel operations of the chunked form (and of a decoding step) then ran 3-4x slower with 2
+threads than with 1. Only ratios measured in one run mean something on a shared machine. Chapter: "State-space models"
 (chapters/*/17_state_space.ipynb); targets: benchmarks/targets/ch17_state_space.py.
 """
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,10 +112,12 @@ def measure(job: dict) -> dict:
 
 
 def _in_fresh_process(job: dict, timeout: float) -> dict:
+    env = {**os.environ, "OMP_WAIT_POLICY": job["omp_wait_policy"]}
     try:
         done = subprocess.run(
-            [sys.executable, __file__, "--job", json.dumps(job)], capture_output=True, text=True, timeout=timeout
-        )
+            [sys.executable, __file__, "--job", json.dumps(job)], capture_output=True, text=True, timeout=timeout,
+            env=env,
+        )  # fmt: skip
     except subprocess.TimeoutExpired:
         return {**job, "status": "error", "note": f"timed out after {timeout:g} s"}
     if done.returncode != 0:
@@ -137,6 +144,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-quadratic", type=int, default=4096)
     parser.add_argument("--max-recurrent", type=int, default=32768)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument(
+        "--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE"],
+        help="OpenMP threads sleep (PASSIVE) or spin (ACTIVE) at barriers; see the module docstring",
+    )  # fmt: skip
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.job:
@@ -145,7 +156,7 @@ def main(argv=None) -> int:
     out = bench.check_writable(args.out)
     sizes = [int(s) for s in args.sizes.split(",")]
     base = dict(B=1, H=4, d=64, n=64, chunk_size=args.chunk_size, threads=args.threads, repeats=args.repeats,
-                steps=args.steps)  # fmt: skip
+                steps=args.steps, omp_wait_policy=args.omp_wait_policy)  # fmt: skip
     rows = []
     for kind, methods in (("forward", FORWARD), ("decode", DECODE)):
         for N in sizes:
