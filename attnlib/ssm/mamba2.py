@@ -1,8 +1,9 @@
 """A minimal Mamba-2 block on :mod:`attnlib.ssm.ssd`, with the released code's parameter names.
 
 Paper: Dao and Gu, "Transformers are SSMs" (ICML 2024, arXiv 2405.21060), Section 7 (the Mamba-2
-architecture, Figure 6: parallel projections, a short convolution, the SSD layer, a gated
-normalization). Released code: ``state-spaces/mamba``, ``mamba_ssm/modules/mamba2.py`` (class
+architecture: the projections of ``x, B, C, dt`` made in parallel at the start of the block, a short
+convolution, the SSD layer, a normalization gated by ``z`` before the output projection).
+Released code: ``state-spaces/mamba``, ``mamba_ssm/modules/mamba2.py`` (class
 ``Mamba2``, its ``forward`` with ``use_mem_eff_path=False`` and its ``step``) and
 ``mamba_ssm/ops/triton/layernorm_gated.py`` (``rms_norm_ref``). Chapter: "State-space models"
 (chapters/*/17_state_space.ipynb).

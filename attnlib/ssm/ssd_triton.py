@@ -30,7 +30,8 @@ Where the inter-chunk state lives
 In registers (``h``, float32, ``(BLOCK_S, BLOCK_D)``), for the whole loop: it is never written to
 memory between chunks, only once at the end when the final state is asked for. The released
 Triton code (``mamba_ssm/ops/triton/ssd_*.py``) instead splits the steps into separate kernels
-(``_chunk_cumsum``, ``_chunk_state``, ``_state_passing``, ``_bmm_chunk``, ``_chunk_scan``) and
+(``_chunk_cumsum_fwd``, ``_chunk_state_fwd``, ``_state_passing_fwd``, ``_bmm_chunk_fwd``,
+``_chunk_scan_fwd``) and
 writes every chunk's state to memory, so that steps 1, 2 and 4 run in parallel over chunks and only
 the short scan of step 3 is sequential. One fused loop is simpler to read and does the same
 arithmetic; its parallelism is only ``cdiv(d, BLOCK_D) * B * H`` programs, fine on a CPU and for a
@@ -42,8 +43,11 @@ All sums of log-decays are sums of the terms they need, never differences of two
 ``seg`` is a cumulative sum down a masked ``(CHUNK, CHUNK)`` copy (as :func:`attnlib.ssm.ssd.segsum`),
 the decay from a token to the chunk's end a masked row sum. Every ``exp`` argument is <= 0, so
 decays near 0 underflow to 0 (correctly) and decays near 1 keep their digits; no product of many
-decays is formed. Loads of float16/bfloat16 are converted to float32; products use IEEE float32
-(``input_precision="ieee"``, not TF32), so float32 inputs match the PyTorch forms to ~1e-6.
+decays is formed. (Departure: the released ``_chunk_scan_fwd`` takes the differences
+``exp(min(dA_cs_m - dA_cs_k, 0))`` of the chunk's cumulative sums, cheaper by one ``CHUNK x CHUNK``
+cumulative sum, exact enough for its chunk sizes.) Loads of float16/bfloat16 are converted to
+float32; products use IEEE float32 (``input_precision="ieee"``, not TF32), so float32 inputs match
+the PyTorch forms to ~1e-6.
 
 Backward
 --------
