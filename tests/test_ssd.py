@@ -348,3 +348,17 @@ def test_ssd_attention_is_the_model_with_q_k_v_as_C_B_x():
         S.ssd_attention(q, k, v, decay="mamba")
     with pytest.raises(ValueError, match="same number of tokens"):
         S.ssd_attention(q[:, :, :20], k, v)
+
+
+def test_the_registry_row_points_here():
+    from attnlib import registry
+    from attnlib.ssm.mamba2 import Mamba2
+
+    if "ssd" not in {m.name for m in registry.METHODS}:
+        pytest.skip("no registry row 'ssd' yet")
+    method = registry.get("ssd")
+    assert method.attention_fn() is S.ssd_attention
+    assert method.module_cls() is Mamba2
+    q, k, v = torch.randn(3, 1, 2, 40, 8, dtype=F64, generator=torch.Generator().manual_seed(13))
+    y = method.attention_fn()(q, k, v, causal=True, **method.bench_kwargs)
+    assert max_err(y, S.ssd_recurrent(v, k, q, log_a=S.retnet_decay(1, 2, 40, dtype=F64))) < TOL
