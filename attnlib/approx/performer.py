@@ -120,12 +120,11 @@ def gaussian_projection(
     if not orthogonal:
         W = torch.randn(m, d, generator=g, dtype=torch.float64)  # (m, d)
     else:
-        blocks = []
-        for _ in range(math.ceil(m / d)):
-            Q, R = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))  # (d, d) each
-            Q = Q * torch.sign(torch.diagonal(R)).where(torch.diagonal(R) != 0, 1.0)  # Haar: unique QR
-            blocks.append(Q.T)  # rows orthonormal
-        directions = torch.cat(blocks)[:m]  # (m, d), unit rows
+        gaussian = torch.randn(math.ceil(m / d), d, d, generator=g, dtype=torch.float64)  # (blocks, d, d)
+        Q, R = torch.linalg.qr(gaussian)  # (blocks, d, d) each, one QR per block
+        signs = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))  # (blocks, d)
+        Q = Q * torch.where(signs == 0, 1.0, signs).unsqueeze(-2)  # Haar: the unique QR with diag(R) > 0
+        directions = Q.transpose(-2, -1).reshape(-1, d)[:m]  # (m, d): each block's rows orthonormal
         norms = torch.randn(m, d, generator=g, dtype=torch.float64).norm(dim=1)  # (m,): chi with d degrees
         W = directions * norms[:, None]  # (m, d)
     return W.to(dtype=dtype, device=device)
@@ -162,7 +161,7 @@ def positive_random_features(x: torch.Tensor, projection: torch.Tensor, *, offse
     exponent = _exponent(x, projection)  # (..., n, m)
     if offset is not None:
         exponent = exponent - offset
-    return exponent.exp_().mul_(projection.shape[0] ** -0.5)  # (..., n, m)
+    return torch.exp(exponent - 0.5 * math.log(projection.shape[0]))  # (..., n, m): exp(...) / sqrt(m)
 
 
 def softmax_kernel_estimate(x: torch.Tensor, y: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
@@ -173,8 +172,8 @@ def softmax_kernel_estimate(x: torch.Tensor, y: torch.Tensor, projection: torch.
 def _query_map(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
     """Query features, stabilized per row: the largest feature of each row is ``1/sqrt(m)``."""
     exponent = _exponent(x, projection)  # (B, H, n, m)
-    exponent = exponent - exponent.amax(-1, keepdim=True)  # the row's constant (cancels in the ratio)
-    return exponent.exp_().mul_(projection.shape[0] ** -0.5)  # (B, H, n, m)
+    offset = exponent.amax(-1, keepdim=True).detach() + 0.5 * math.log(projection.shape[0])  # (B, H, n, 1)
+    return torch.exp(exponent - offset)  # (B, H, n, m): the row's constant cancels in the ratio
 
 
 def _key_offset(k: torch.Tensor, projection: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
