@@ -11,8 +11,9 @@ so the picture is drawn in the page's language and always agrees with the code b
 * :mod:`.kernels` - FlashAttention's memory hierarchy and tile loops, attention heads (MHA/GQA/MQA),
   the KV cache.
 * :mod:`.blocks` - a block mask's empty, full and partial tiles; the ring's steps and layouts.
+* :mod:`.ssm` - the state-space chapter's decay mask beside a causal mask, and the chunked algorithm's steps.
 """
 
-from . import blocks, kernels, language, mixers, overview, vision
+from . import blocks, kernels, language, mixers, overview, ssm, vision
 
-__all__ = ["blocks", "kernels", "language", "mixers", "overview", "vision"]
+__all__ = ["blocks", "kernels", "language", "mixers", "overview", "ssm", "vision"]
