@@ -362,3 +362,13 @@ def test_the_registry_row_points_here():
     q, k, v = torch.randn(3, 1, 2, 40, 8, dtype=F64, generator=torch.Generator().manual_seed(13))
     y = method.attention_fn()(q, k, v, causal=True, **method.bench_kwargs)
     assert max_err(y, S.ssd_recurrent(v, k, q, log_a=S.retnet_decay(1, 2, 40, dtype=F64))) < TOL
+
+
+def test_the_matrix_of_the_model():
+    """``M = L o C B^T``: ``M x`` is the output, and with a = 1 ``M`` is ``tril(C B^T)``."""
+    x, B, C, log_a, _ = make(2, 2, 12, 3, 4, seed=14)
+    M = S.ssd_matrix(B, C, S.decay_mask(log_a))
+    assert torch.equal(M, M.tril())
+    assert max_err(M @ x, S.ssd_recurrent(x, B, C, log_a=log_a)) < TOL
+    ones = S.decay_mask(torch.zeros(2, 2, 12, dtype=F64))
+    assert torch.equal(S.ssd_matrix(B, C, ones), (C @ B.transpose(-1, -2)).tril())

@@ -75,6 +75,7 @@ __all__ = [
     "naive_decay_mask",
     "ssd_recurrent",
     "ssd_quadratic",
+    "ssd_matrix",
     "ssd_chunked",
     "run_ssd",
     "ssd_step",
@@ -96,6 +97,7 @@ __all__ = [
 
 ALGORITHMS = ("recurrent", "quadratic", "chunked", "triton")
 DECAYS = ("retnet", "none")
+CHUNKS_PER_GROUP = 16  # ssd_chunked takes the chunks this many at a time (see its docstring)
 
 
 # --------------------------------------------------------------------------------------
@@ -267,6 +269,16 @@ def ssd_recurrent(
 # --------------------------------------------------------------------------------------
 # 2. The quadratic ("attention") form
 # --------------------------------------------------------------------------------------
+def ssd_matrix(B, C, L):
+    """The matrix of the model, ``M = L o (C B^T)``: ``y = M x`` (Section 3, a semiseparable matrix).
+
+    ``B, C: (..., N, n)``, ``L: (..., N, N)`` from :func:`decay_mask` -> ``(..., N, N)``;
+    ``M_ij = (a_{j+1} ... a_i) C_i . B_j`` for ``i >= j``, 0 above the diagonal. With ``L`` the
+    causal mask of ones (``a = 1``) it is causal linear attention's matrix ``tril(Q K^T)``.
+    """
+    return L * (C @ B.transpose(-1, -2))  # C_i . B_j: the "attention scores"
+
+
 def ssd_quadratic(
     x, B, C, *, a=None, log_a=None, initial_state=None, return_final_state: bool = False, check_values: bool = True
 ):
@@ -277,8 +289,7 @@ def ssd_quadratic(
     """
     log_a, h0 = _prepare(x, B, C, a, log_a, initial_state, check_values)
     L = decay_mask(log_a)  # (B, H, N, N)
-    scores = C @ B.transpose(-1, -2)  # (B, H, N, N): C_i . B_j, the "attention scores"
-    y = (L * scores) @ x  # (B, H, N, d)
+    y = ssd_matrix(B, C, L) @ x  # (B, H, N, d)
     cum = torch.cumsum(log_a, dim=-1)  # (B, H, N): log(a_1 ... a_i)
     y = y + torch.exp(cum)[..., None] * (C @ h0)  # the initial state, decayed to each token
     if not return_final_state:
@@ -361,9 +372,14 @@ def ssd_chunked(
     ``chunk_size`` (the paper's Q) is any int >= 1; ``N`` need not be a multiple of it: the last
     chunk is padded with tokens that change nothing (``x = B = C = 0``, ``a = 1``) and cut off.
     ``chunk_size = 1`` is the recurrence, ``chunk_size >= N`` the quadratic form.
+
+    The chunks are taken ``CHUNKS_PER_GROUP`` at a time, the state passed from group to group: the
+    same arithmetic as one pass over all chunks (steps 1 and 2 need no state), but the ``(Q, Q)``
+    and ``(n, d)`` tensors of a group stay in the CPU's cache, so the time stays linear in ``N``
+    where whole-sequence intermediates (32 MiB each at 32K tokens, 4 heads) would not fit.
     """
     check_positive_int("chunk_size", chunk_size)
-    log_a, h0 = _prepare(x, B, C, a, log_a, initial_state, check_values)
+    log_a, h = _prepare(x, B, C, a, log_a, initial_state, check_values)
     Bsz, H, N, d = x.shape
     Q = chunk_size
     pad = (-N) % Q
@@ -373,12 +389,16 @@ def ssd_chunked(
     c = (N + pad) // Q
     x, B, C = (t.reshape(Bsz, H, c, Q, t.shape[-1]) for t in (x, B, C))  # (B, H, c, Q, .)
     log_a = log_a.reshape(Bsz, H, c, Q)
-    y_diag = intra_chunk_output(x, B, C, log_a)  # step 1
-    states = chunk_states(x, B, log_a)  # step 2
-    entering, final = pass_states(states, log_a, h0)  # step 3
-    y_off = state_to_output(C, entering, log_a)  # step 4
-    y = (y_diag + y_off).reshape(Bsz, H, c * Q, d)[:, :, :N]
-    return (y, final) if return_final_state else y
+    y = []
+    for g in range(0, c, CHUNKS_PER_GROUP):
+        xg, Bg, Cg, log_ag = (t[:, :, g : g + CHUNKS_PER_GROUP] for t in (x, B, C, log_a))
+        y_diag = intra_chunk_output(xg, Bg, Cg, log_ag)  # step 1
+        states = chunk_states(xg, Bg, log_ag)  # step 2
+        entering, h = pass_states(states, log_ag, h)  # step 3: h leaves the group's last chunk
+        y_off = state_to_output(Cg, entering, log_ag)  # step 4
+        y.append(y_diag + y_off)
+    y = torch.cat(y, dim=2).reshape(Bsz, H, c * Q, d)[:, :, :N]
+    return (y, h) if return_final_state else y
 
 
 def run_ssd(
