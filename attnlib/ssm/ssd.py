@@ -30,6 +30,10 @@ The three algorithms
   :func:`pass_states` (the recurrence between chunks) and :func:`state_to_output` (the
   off-diagonal blocks). ``O(N Q (n + d) + N n d)``: linear in ``N`` for a fixed ``Q``.
 
+:func:`run_ssd` runs one of them by name (or the Triton kernel, ``algorithm="triton"``,
+:mod:`attnlib.ssm.ssd_triton`); :func:`ssd_matrix` builds ``M`` itself, for pictures;
+:func:`ssd_attention` is the model in the ``(q, k, v)`` signature of attnlib's attention kernels.
+
 All three accept the decays as ``a`` in (0, 1] or as ``log_a = log a <= 0`` (exactly one of the
 two). ``log_a`` is the form to prefer: Mamba-2's ``a_t = exp(dt_t A)`` underflows to 0 in float32
 for large ``dt_t |A|`` while ``dt_t A`` itself is a fine number.
