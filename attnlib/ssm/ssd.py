@@ -46,7 +46,8 @@ The family as settings (:func:`mamba2_decay`, :func:`retnet_decay`, :func:`linea
   ``B_t, C_t`` are projections of the input (see :mod:`attnlib.ssm.mamba2`).
 * RetNet (Sun et al., 2023, arXiv 2307.08621, Section 2.1-2.2): a fixed decay per head,
   ``gamma_h = 1 - 2^(-5 - h)``, with ``C, B, X`` the queries, keys and values. Only the decay is
-  taken: RetNet's rotation (xPos), its ``D``-matrix normalisation and GroupNorm are left out.
+  taken: RetNet's rotation (xPos), its normalisations (of ``Q K^T``, of the decay matrix ``D``'s
+  rows, of the retention scores) and GroupNorm and swish gate are left out.
 * Linear attention (Katharopoulos et al., 2020): ``a = 1``, i.e. ``log_a = 0``:
   ``y_i = sum_{j <= i} (q_i . k_j) v_j``, the *unnormalised* causal form (no feature map, no
   denominator).
