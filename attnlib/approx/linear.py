@@ -313,9 +313,14 @@ def linear_attention_step(
 # (c) Causal, chunked: quadratic inside a chunk, the state between chunks
 # --------------------------------------------------------------------------
 
-# Chunks processed together, vectorized (the outer loop visits groups of this many chunks):
-# enough to keep the Python loop short, few enough that the per-chunk states stay small.
-_CHUNKS_PER_GROUP = 16
+# Chunks are processed in groups, vectorized inside a group: the Python loop stays short, and no
+# tensor of a group (features: C m, chunk states: m d_v numbers per chunk) holds more than this
+# many numbers per head (16 chunks of 64 tokens for m = d_v = 64; 4 for Performer's m = 256).
+_GROUP_NUMBERS = 2**16
+
+
+def _chunks_per_group(C: int, m: int, d_v: int) -> int:
+    return max(1, min(_GROUP_NUMBERS // (C * m), _GROUP_NUMBERS // (m * d_v)))
 
 
 def causal_linear_attention_chunked(
@@ -346,8 +351,8 @@ def causal_linear_attention_chunked(
 
     ``out = (1 + 4) / (normalizer of 1 + normalizer of 4 + eps)``, Eq. (9). Cost
     ``O(N C m + N m d_v)``; equal to :func:`linear_attention_quadratic` with ``causal=True`` up to
-    rounding. Chunks are processed in groups of 16 (vectorized inside a group), so no per-chunk
-    tensor of the whole sequence is held.
+    rounding. Chunks are processed in groups (vectorized inside a group, 16 chunks of 64 tokens for
+    ``m = d_v = 64``), so no per-chunk tensor of the whole sequence is held.
 
     ``feature_map=None`` with ``normalize=False`` is the plain causal product
     ``sum_{j <= i} (Q_i . K_j) V_j``: a state-space scan with decay 1 (Mamba-2's SSD with ``A = 0``).
@@ -367,12 +372,12 @@ def causal_linear_attention_chunked(
     C = chunk_size
     state = initial_state
     out = torch.empty(B, H, N, d_v, dtype=q.dtype, device=q.device)  # (B, H, N, d_v)
-    group = C * _CHUNKS_PER_GROUP
+    m = _features("feature_map", phi_q, q[:, :, :1]).shape[-1]  # the number of features, from one token
+    group = C * _chunks_per_group(C, m, d_v)  # tokens per group
     mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()  # (C, C): key j <= query i inside a chunk
     for start in range(0, N, group):
         end = min(start + group, N)
-        fq = _features("feature_map", phi_q, q[:, :, start:end])  # (B, H, n, m)
-        m = fq.shape[-1]
+        fq = _features("feature_map", phi_q, q[:, :, start:end], m)  # (B, H, n, m)
         fk = _features("key_feature_map", phi_k, k[:, :, start:end], m)  # (B, H, n, m)
         vs = v[:, :, start:end]  # (B, H, n, d_v)
         if state is None:

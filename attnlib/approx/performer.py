@@ -67,6 +67,8 @@ from .._checks import (
 from ..reference import GlobalSelfAttention2d, MultiHeadSelfAttention
 from .linear import causal_linear_attention_chunked, linear_attention_noncausal, linear_attention_quadratic
 
+_BLOCK = 256  # tokens per block of the non-causal passes: (256, m) features per head at a time
+
 __all__ = [
     "gaussian_projection",
     "positive_random_features",
@@ -142,9 +144,10 @@ def _check_projection(projection, d: int, device) -> None:
         raise ValueError(f"projection must be on the device of q ({device}), got {projection.device}")
 
 
-def _exponent(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
-    """``W x - |x|^2 / 2`` for ``x: (..., n, d)``: ``(..., n, m)``."""
-    return x @ projection.to(x.dtype).T - 0.5 * x.square().sum(-1, keepdim=True)  # (..., n, m)
+def _exponent(x: torch.Tensor, projection: torch.Tensor, root: float = 1.0) -> torch.Tensor:
+    """``W x' - |x'|^2 / 2`` for ``x' = root * x``, ``x: (..., n, d)``: ``(..., n, m)`` (x' is never formed)."""
+    wx = x @ (projection.to(x.dtype) * root).T  # (..., n, m)
+    return wx - (0.5 * root * root) * x.square().sum(-1, keepdim=True)  # (..., n, m)
 
 
 def positive_random_features(x: torch.Tensor, projection: torch.Tensor, *, offset=None) -> torch.Tensor:
@@ -169,18 +172,26 @@ def softmax_kernel_estimate(x: torch.Tensor, y: torch.Tensor, projection: torch.
     return positive_random_features(x, projection) @ positive_random_features(y, projection).transpose(-2, -1)
 
 
-def _query_map(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
-    """Query features, stabilized per row: the largest feature of each row is ``1/sqrt(m)``."""
-    exponent = _exponent(x, projection)  # (B, H, n, m)
+def _query_map(x: torch.Tensor, projection: torch.Tensor, root: float) -> torch.Tensor:
+    """Features of ``root * x`` (queries), stabilized per row: the largest feature of each row is ``1/sqrt(m)``."""
+    exponent = _exponent(x, projection, root)  # (B, H, n, m)
     offset = exponent.amax(-1, keepdim=True).detach() + 0.5 * math.log(projection.shape[0])  # (B, H, n, 1)
     return torch.exp(exponent - offset)  # (B, H, n, m): the row's constant cancels in the ratio
 
 
-def _key_offset(k: torch.Tensor, projection: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """``max over keys and features of (W k - |k|^2/2)`` per head: ``(B, H, 1, 1)``, in blocks of keys."""
+def _key_map(x: torch.Tensor, projection: torch.Tensor, root: float, offset) -> torch.Tensor:
+    """Features of ``root * x`` (keys) with the keys' constant ``offset`` (None: 0) subtracted."""
+    exponent = _exponent(x, projection, root)  # (B, H, n, m)
+    if offset is not None:
+        exponent = exponent - offset
+    return torch.exp(exponent - 0.5 * math.log(projection.shape[0]))  # (B, H, n, m)
+
+
+def _key_offset(k: torch.Tensor, projection: torch.Tensor, root: float, chunk: int = _BLOCK) -> torch.Tensor:
+    """``max over keys and features of (W k' - |k'|^2/2)``, ``k' = root * k``, per head: ``(B, H, 1, 1)``."""
     best = None
     for start in range(0, k.shape[2], chunk):
-        part = _exponent(k[:, :, start : start + chunk], projection).amax(dim=(-2, -1), keepdim=True)  # (B, H, 1, 1)
+        part = _exponent(k[:, :, start : start + chunk], projection, root).amax(dim=(-2, -1), keepdim=True)
         best = part if best is None else torch.maximum(best, part)
     return best
 
@@ -235,24 +246,22 @@ def performer_attention(
         _check_projection(projection, d, q.device)
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     projection = projection.to(dtype)
-    root = math.sqrt(scale)
-    qs, ks = q.to(dtype) * root, k.to(dtype) * root  # (B, H, N_q, d), (B, H_kv, N_k, d): exp(q.k scale) = SM(qs, ks)
+    root = math.sqrt(scale)  # exp(q.k scale) = SM(root q, root k); root is folded into W, q and k are not copied
+    offset = None
     if stabilize:
-        query_map = partial(_query_map, projection=projection)
-        offset = _key_offset(ks, projection).detach()  # (B, H_kv, 1, 1): a constant, no gradient needed
+        query_map = partial(_query_map, projection=projection, root=root)
+        offset = _key_offset(k.to(dtype), projection, root).detach()  # (B, H_kv, 1, 1): a constant, no gradient
         if H_kv != H:
             offset = offset.repeat_interleave(H // H_kv, dim=1)  # (B, H, 1, 1), the heads as linear expands them
-        key_map = partial(positive_random_features, projection=projection, offset=offset)
     else:
-        query_map = key_map = partial(positive_random_features, projection=projection)
+        query_map = partial(_key_map, projection=projection, root=root, offset=None)
+    key_map = partial(_key_map, projection=projection, root=root, offset=offset)
     kw = dict(feature_map=query_map, key_feature_map=key_map, eps=eps)
     if form == "quadratic":
-        out = linear_attention_quadratic(qs, ks, v.to(dtype), causal=causal, **kw)
-    elif causal:
-        out = causal_linear_attention_chunked(qs, ks, v.to(dtype), chunk_size=chunk_size, **kw)
-    else:
-        out = linear_attention_noncausal(qs, ks, v.to(dtype), **kw)
-    return out.to(q.dtype)
+        return linear_attention_quadratic(q, k, v, causal=causal, **kw)
+    if causal:
+        return causal_linear_attention_chunked(q, k, v, chunk_size=chunk_size, **kw)
+    return linear_attention_noncausal(q, k, v, chunk_size=_BLOCK, **kw)
 
 
 class PerformerSelfAttention(MultiHeadSelfAttention):
