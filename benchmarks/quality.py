@@ -1,20 +1,49 @@
-"""Quality, not only speed: one associative-recall task, each language method trained with the same budget.
+"""What each method costs in accuracy: a small arena of generated tasks, every registered method, several seeds.
 
-The task (generated in code, no data to download): a sequence of ``N`` tokens, each a (key,
-value) pair with a distinct key; one position in the middle of the sequence (never in BigBird's
-global first and last blocks) holds a query token that repeats one of the keys. The model must
-output the value stored with that key, wherever it is: a lookup over the whole sequence, which
-one attention layer can do exactly when the query may attend to the right key.
+Tasks (generated in code by :mod:`attnlib.tasks`, nothing to download):
 
-Model: fixed random +-1 key codes, learned value embeddings, one multi-head self-attention
-layer (``attnlib.reference.MultiHeadSelfAttention`` with the method's kernel; its query and key
-projections start as the identity, so that matching codes score high from the first step), a
-linear readout at the query position. Every method gets the same model, seed, steps, batch and learning rate.
+* language: multi-query associative recall (Zoology), ListOps (LRA's rules), selective copying (Mamba);
+* vision: a Pathfinder-like connectivity map (LRA), two far-apart shapes that are the same or not.
 
-    python benchmarks/quality.py --out benchmarks/results/cpu_quality.csv
+Methods: every method of :data:`attnlib.registry.METHODS` of the task's kind, found there at run
+time, so that a method added to the registry joins without a change here:
 
-writes one row per (method, N): accuracy on 512 fresh test sequences. Several minutes on 2 CPU cores.
-The comparison chapter (chapters/*/13_comparison.ipynb) reads the committed CSV.
+* language: every method with an ``attention`` kernel, run inside the same small Transformer
+  (:class:`LanguageModel`: token and position embeddings; ``LAYERS`` pre-norm blocks, each a short
+  depthwise causal convolution, multi-head self-attention with the method's kernel and an MLP;
+  a readout per position, or of the mean over positions). The kernel gets the registry's
+  ``bench_kwargs``, with the overrides of :data:`SHORT_SEQUENCE_KWARGS` where the registry's
+  setting is sized for long sequences (BigBird's 64-token blocks need N >= 449).
+* vision: every method with a ``make_mixer``, as the token mixer of the same small isotropic
+  model (:class:`VisionModel`: a 2 x 2 patch embedding, ``LAYERS`` pre-norm blocks of mixer and
+  MLP, mean pooling). The width is chosen per method so that every model has the dense model's
+  parameter count within :data:`PARAM_TOLERANCE` (10 %): a mixer without parameters (PoolFormer)
+  gets wider channels.
+
+The short convolution lets a token see its left neighbour (as in H3 and Based, and Zoology's
+attention baselines), so that MQAR's key and value are bound in every method alike; reaching
+the right pair across the sequence is left to the mixer.
+
+Budget: the same steps, batch and learning-rate schedule (AdamW, linear warm-up over the first
+10 % of the steps, then cosine decay to 0) for every method of a task; ``--seeds`` seeds (model
+initialization and training data; the test set of a (task, size) is the same for every method
+and seed). Accuracy is measured on ``--test-examples`` fresh examples: per scored token for MQAR
+and selective copying (the answers), per example for ListOps and the vision tasks.
+
+The run: one row per (task, size, method, seed), written to the CSV as soon as it finishes; a run
+started again with the same command skips the rows already there (``--restart`` starts afresh).
+The file's first line names the date, the machine and the versions. ::
+
+    python benchmarks/quality.py --out benchmarks/results/cpu_arena.csv
+    python benchmarks/quality.py --out /tmp/arena.csv --tiny          # seconds: a smoke test
+    python benchmarks/quality.py --out gpu_arena.csv --device cuda
+
+A vision method whose model cannot meet the parameter rule at any width (a mixer whose own
+parameters are sized by the map and exceed the whole dense model) is recorded as ``skipped``,
+with the closest count in ``error``.
+
+Exit status: 0 when every row is ``ok`` or ``skipped``, 1 when a row failed (its ``error`` says why), 2 for bad
+arguments, 130 when interrupted (the finished rows stay in the file).
 """
 
 from __future__ import annotations
@@ -22,111 +51,545 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import math
+import os
+import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from attnlib import bench  # noqa: E402
-from attnlib.reference import MultiHeadSelfAttention, attention  # noqa: E402
-from attnlib.sparse.bigbird import bigbird_attention  # noqa: E402
-from attnlib.sparse.reformer import lsh_attention_qkv  # noqa: E402
+import attnlib  # noqa: E402
+from attnlib import bench, registry, tasks  # noqa: E402
+from attnlib.tasks import IGNORE  # noqa: E402
+from attnlib.tasks.listops import VOCAB_SIZE as LISTOPS_VOCAB  # noqa: E402
 
-NUM_VALUES = 16
-DIM, HEADS = 64, 2
-BLOCK = 16  # BigBird's block at these short lengths (the book's default 64 needs N >= 449)
+LAYERS = 2
+DIM, HEADS = 64, 2  # the dense model's width and heads (language: every method's)
+MLP_RATIO = 2
+PATCH = 2  # vision: 2 x 2 pixels per token
+PARAM_TOLERANCE = 0.10
+WARMUP_FRACTION = 0.1
+TEST_SEED = 2**20  # the test set's generator seed (train data: the run's seed)
 
-KERNELS = {
-    "dense": attention,
-    "bigbird": partial(bigbird_attention, block_size=BLOCK, num_random_blocks=2, seed=0),
-    "reformer": partial(lsh_attention_qkv, n_hashes=2, chunk_size=32, seed=0),
+# Settings of the registry's bench_kwargs that are sized for long sequences, scaled to these lengths
+# (a value may be a function of N): BigBird's 64-token blocks need N >= 449, Linformer's k = 256 needs N >= 256.
+SHORT_SEQUENCE_KWARGS = {
+    "bigbird": {"block_size": 8, "num_random_blocks": 2},  # 7 blocks: N >= 56
+    "bigbird_flash": {"block_size": 8, "num_random_blocks": 2},
+    "reformer": {"chunk_size": 32},
+    "linformer": {"proj_len": lambda N: min(256, N // 4)},
 }
 
 
-class RecallModel(nn.Module):
-    """Key codes + value embeddings -> one self-attention layer -> the value at the query position."""
+class ParameterBudgetError(ValueError):
+    """No width gives a method's model the dense model's parameter count within PARAM_TOLERANCE."""
 
-    def __init__(self, kernel, max_keys: int, generator: torch.Generator):
+
+# --------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class TaskSetting:
+    """How the arena draws one task: its generator at a size, its classes, its sizes, its budget."""
+
+    name: str
+    kind: str  # "language" or "vision"
+    make: Callable  # (batch, size, generator) -> (inputs, labels)
+    classes: int
+    vocab: int = 0  # language: token ids 0 .. vocab - 1
+    per_token: bool = False  # labels per position (IGNORE where unscored) instead of one per example
+    sizes: tuple[int, ...] = ()  # language: N tokens; vision: side in pixels
+    steps: int = 1000
+    lr: float = 3e-3
+    note: str = ""
+
+
+MQAR_VOCAB = 64
+COPY_VOCAB = 16
+
+
+def _mqar(batch, N, generator):
+    # 1 pair per 16 tokens: Zoology's smallest setting (N = 64, 4 pairs) and its ratio; a small vocabulary
+    # (Zoology: 8192) for a CPU budget, so the filler is 0 instead of random tokens, which would repeat keys
+    kv = max(2, N // 16)
+    return tasks.mqar(batch, N, num_kv_pairs=kv, vocab_size=MQAR_VOCAB, random_non_queries=False, generator=generator)
+
+
+def _listops(batch, N, generator):
+    return tasks.listops(
+        batch, N, max_depth=LISTOPS_DEPTH, max_args=LISTOPS_ARGS, min_length=N // 8, generator=generator
+    )
+
+
+LISTOPS_DEPTH, LISTOPS_ARGS = 3, 5
+
+
+def _copying(batch, N, generator):
+    return tasks.selective_copying(batch, N, num_tokens=min(16, N // 4), vocab_size=COPY_VOCAB, generator=generator)
+
+
+TASK_SETTINGS = {
+    "mqar": TaskSetting("mqar", "language", _mqar, MQAR_VOCAB, MQAR_VOCAB, True, (128, 512)),
+    "listops": TaskSetting("listops", "language", _listops, 10, LISTOPS_VOCAB, False, (128, 512)),
+    "selective_copying": TaskSetting(
+        "selective_copying", "language", _copying, COPY_VOCAB, COPY_VOCAB + 1, True, (128, 512)
+    ),
+    "pathfinder": TaskSetting(
+        "pathfinder", "vision", lambda b, s, g: tasks.pathfinder(b, s, generator=g), 2, sizes=(28, 56)
+    ),
+    "same_shape": TaskSetting(
+        "same_shape", "vision", lambda b, s, g: tasks.same_shape(b, s, generator=g), 2, sizes=(28, 56)
+    ),
+}
+TINY = {"sizes": {"language": (32,), "vision": (28,)}, "steps": 3, "seeds": 1, "batch": 4, "test_examples": 8}
+
+
+# --------------------------------------------------------------------------- models
+class MLP(nn.Sequential):
+    def __init__(self, dim: int):
+        super().__init__(nn.Linear(dim, MLP_RATIO * dim), nn.GELU(), nn.Linear(MLP_RATIO * dim, dim))
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal convolution over the sequence, kernel 3: ``(B, N, C) -> (B, N, C)``."""
+
+    def __init__(self, dim: int, kernel: int = 3):
         super().__init__()
-        codes = torch.randint(0, 2, (max_keys, DIM), generator=generator).float() * 2 - 1  # (K, C): +-1
-        self.register_buffer("key_codes", codes)
-        self.value_embedding = nn.Embedding(NUM_VALUES + 1, DIM)  # the last id marks the query token
-        self.attn = MultiHeadSelfAttention(DIM, HEADS, attention_fn=kernel)
-        with torch.no_grad():  # start from "match the key codes": queries and keys read x as it is
-            self.attn.q_proj.weight.copy_(torch.eye(DIM))
-            self.attn.kv_proj.weight[:DIM].copy_(torch.eye(DIM))
-        self.readout = nn.Linear(DIM, NUM_VALUES)
+        self.kernel = kernel
+        self.conv = nn.Conv1d(dim, dim, kernel, groups=dim)
 
-    def forward(self, keys, values, query_position):
-        x = self.key_codes[keys] + self.value_embedding(values)  # (B, N, C)
-        x = x + self.attn(x)  # (B, N, C)
-        rows = torch.arange(x.shape[0])
-        return self.readout(x[rows, query_position])  # (B, NUM_VALUES)
+    def forward(self, x):
+        x = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))  # (B, C, N + k - 1): causal padding
+        return self.conv(x).transpose(1, 2)
 
 
-def make_batch(batch: int, N: int, generator: torch.Generator):
-    """Keys (distinct per sequence), values, the query position (middle blocks only) and the answer."""
-    keys = torch.stack([torch.randperm(4 * N, generator=generator)[:N] for _ in range(batch)])  # (B, N)
-    values = torch.randint(0, NUM_VALUES, (batch, N), generator=generator)  # (B, N)
-    query_position = torch.randint(BLOCK, N - BLOCK, (batch,), generator=generator)  # (B,)
-    target_position = torch.randint(0, N - 2, (batch,), generator=generator)  # (B,)
-    target_position += (target_position >= query_position).long()  # any position but the query's
-    rows = torch.arange(batch)
-    keys[rows, query_position] = keys[rows, target_position]  # the query repeats the target's key
-    answer = values[rows, target_position]  # (B,)
-    values[rows, query_position] = NUM_VALUES  # the query has no value
-    return keys, values, query_position, answer
+class LanguageBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, kernel: Callable):
+        super().__init__()
+        from attnlib.reference import MultiHeadSelfAttention
+
+        self.norm0, self.conv = nn.LayerNorm(dim), ShortConv(dim)
+        self.norm1, self.attn = nn.LayerNorm(dim), MultiHeadSelfAttention(dim, heads, attention_fn=kernel)
+        self.norm2, self.mlp = nn.LayerNorm(dim), MLP(dim)
+
+    def forward(self, x):
+        x = x + self.conv(self.norm0(x))
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
 
 
-def train_and_test(method: str, N: int, *, steps: int, batch: int, seed: int = 0) -> dict:
-    generator = torch.Generator().manual_seed(seed)
+class LanguageModel(nn.Module):
+    """Token ids ``(B, N)`` -> logits ``(B, N, classes)`` (``per_token``) or ``(B, classes)`` (mean over positions)."""
+
+    def __init__(self, vocab: int, N: int, classes: int, per_token: bool, kernel: Callable, dim=DIM, heads=HEADS):
+        super().__init__()
+        self.per_token = per_token
+        self.embed = nn.Embedding(vocab, dim)
+        self.position = nn.Parameter(torch.randn(N, dim) * 0.02)
+        self.blocks = nn.ModuleList(LanguageBlock(dim, heads, kernel) for _ in range(LAYERS))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, ids):
+        x = self.embed(ids) + self.position  # (B, N, C)
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        return self.head(x if self.per_token else x.mean(dim=1))
+
+
+class VisionBlock(nn.Module):
+    def __init__(self, dim: int, mixer: nn.Module):
+        super().__init__()
+        self.norm1, self.mixer = nn.LayerNorm(dim), mixer
+        self.norm2, self.mlp = nn.LayerNorm(dim), MLP(dim)
+
+    def forward(self, x):  # (B, h, w, C)
+        x = x + self.mixer(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionModel(nn.Module):
+    """Images ``(B, 1, side, side)`` -> logits ``(B, classes)``: patches, ``LAYERS`` mixer blocks, mean pooling."""
+
+    def __init__(self, side: int, classes: int, factory: Callable, dim: int, heads=HEADS):
+        super().__init__()
+        tokens = side // PATCH
+        self.patch = nn.Conv2d(1, dim, PATCH, stride=PATCH)
+        self.position = nn.Parameter(torch.randn(tokens, tokens, dim) * 0.02)
+        self.blocks = nn.ModuleList(VisionBlock(dim, factory(dim, heads, tokens, tokens)) for _ in range(LAYERS))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, images):
+        x = self.patch(images).permute(0, 2, 3, 1) + self.position  # (B, h, w, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x).mean(dim=(1, 2)))
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def language_kernel(method: registry.Method, N: int) -> Callable:
+    """The method's kernel with its benchmark keywords, those of SHORT_SEQUENCE_KWARGS taking precedence."""
+    overrides = SHORT_SEQUENCE_KWARGS.get(method.name, {})
+    kwargs = {**method.bench_kwargs, **{k: v(N) if callable(v) else v for k, v in overrides.items()}}
+    return partial(method.attention_fn(), **kwargs)
+
+
+def build_model(setting: TaskSetting, method: registry.Method, size: int) -> nn.Module:
+    """The task's model with the method as its mixer, the width matched to the dense model's parameters.
+
+    Vision: the parameter count grows with the width, so the width (a multiple of the heads) is
+    found by bisection; :class:`ParameterBudgetError` when even the narrowest model is too large
+    (a mixer whose own parameters are sized by the map, not by the width).
+    """
+    if setting.kind == "language":
+        return LanguageModel(setting.vocab, size, setting.classes, setting.per_token, language_kernel(method, size))
+    dense = VisionModel(size, setting.classes, registry.get("dense").mixer_factory(), DIM)
+    if method.name == "dense":
+        return dense
+    target = parameter_count(dense)
+    factory = method.mixer_factory()
+
+    def count(units: int) -> int:
+        return parameter_count(VisionModel(size, setting.classes, factory, units * HEADS))
+
+    low, high = 2, 4 * DIM // HEADS  # widths 2 HEADS .. 4 DIM
+    while high - low > 1:  # the last width below the target, and the next one
+        middle = (low + high) // 2
+        low, high = (middle, high) if count(middle) <= target else (low, middle)
+    units = min((low, high), key=lambda u: abs(count(u) - target))
+    gap = abs(count(units) - target)
+    if gap > PARAM_TOLERANCE * target:
+        raise ParameterBudgetError(
+            f"no width gives {method.name} within {PARAM_TOLERANCE:.0%} of the dense model's {target} parameters "
+            f"(closest: {count(units)} at C = {units * HEADS})"
+        )
+    return VisionModel(size, setting.classes, factory, units * HEADS)
+
+
+# --------------------------------------------------------------------------- training
+def schedule(step: int, steps: int) -> float:
+    """The learning-rate factor: linear warm-up over the first 10 % of the steps, then cosine decay to 0."""
+    warmup = max(1, int(WARMUP_FRACTION * steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def loss_and_correct(setting: TaskSetting, logits, labels):
+    """Cross-entropy, and (correct, scored) counts: scored tokens (per_token) or examples."""
+    if setting.per_token:
+        flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+        scored = flat_labels != IGNORE
+        loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE)
+        correct = (flat_logits.argmax(-1) == flat_labels)[scored].sum().item()
+        return loss, correct, scored.sum().item()
+    loss = F.cross_entropy(logits, labels)
+    return loss, (logits.argmax(-1) == labels).sum().item(), labels.numel()
+
+
+def train_and_test(
+    task: str, method: str, size: int, seed: int, *, steps: int, batch: int, lr: float, test_examples: int, device
+) -> dict:
+    """Train one model and measure its test accuracy; the row of the CSV (without status)."""
+    setting = TASK_SETTINGS[task]
+    device = torch.device(device)
     torch.manual_seed(seed)
-    model = RecallModel(KERNELS[method], 4 * N, generator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model = build_model(setting, registry.get(method), size).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step, steps))
+    train_generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
+    losses = []
+    model.train()
     for _ in range(steps):
-        keys, values, query_position, answer = make_batch(batch, N, generator)
-        loss = nn.functional.cross_entropy(model(keys, values, query_position), answer)
-        optimizer.zero_grad()
+        inputs, labels = setting.make(batch, size, train_generator)
+        loss, _, _ = loss_and_correct(setting, model(inputs.to(device)), labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-    seconds = time.perf_counter() - started
-    correct = 0
+        scheduler.step()
+        losses.append(loss.item())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_s = time.perf_counter() - started
+    test_generator = torch.Generator().manual_seed(TEST_SEED)
+    correct = scored = 0
+    model.eval()
     with torch.no_grad():
-        for _ in range(8):
-            keys, values, query_position, answer = make_batch(64, N, generator)
-            correct += (model(keys, values, query_position).argmax(dim=-1) == answer).sum().item()
-    return {"method": method, "N": N, "steps": steps, "batch": batch, "accuracy": correct / 512,
-            "final_loss": round(loss.item(), 4), "train_s": round(seconds, 2)}  # fmt: skip
+        for start in range(0, test_examples, 64):
+            inputs, labels = setting.make(min(64, test_examples - start), size, test_generator)
+            _, c, n = loss_and_correct(setting, model(inputs.to(device)), labels.to(device))
+            correct, scored = correct + c, scored + n
+    tail = losses[-max(1, steps // 10) :]
+    return {
+        "params": parameter_count(model),
+        "accuracy": round(correct / scored, 4),
+        "final_loss": round(sum(tail) / len(tail), 4),
+        "train_s": round(train_s, 2),
+    }
+
+
+# --------------------------------------------------------------------------- the CSV
+KEY_FIELDS = ["task", "kind", "size", "tokens", "method", "seed", "steps", "batch", "lr", "test_examples", "device"]
+FIELDS = KEY_FIELDS + ["params", "accuracy", "final_loss", "train_s", "status", "error"]
+
+
+def header_line() -> str:
+    versions = f"python {platform.python_version()}, torch {torch.__version__}, attnlib {attnlib.__version__}"
+    return f"# measured {datetime.date.today().isoformat()} on {bench.machine_description()}; {versions}"
+
+
+def _key(row: dict) -> tuple:
+    return tuple(str(row[field]) for field in KEY_FIELDS)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an arena CSV (its first line a '#' header); ValueError if it is not one."""
+    with path.open(newline="") as handle:
+        first = handle.readline()
+        reader = csv.DictReader(handle)
+        if not first.startswith("#") or reader.fieldnames != FIELDS:
+            raise ValueError(f"{str(path)!r} is not a results file of benchmarks/quality.py (columns {FIELDS})")
+        return list(reader)
+
+
+def write_rows(rows: list[dict], out: Path) -> None:
+    """Write all rows through a temporary file and a rename: the CSV is never half-written."""
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("w", newline="") as handle:
+            handle.write(header_line() + "\n")
+            writer = csv.DictWriter(handle, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(temporary, out)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class Plan:
+    tasks: list[str]
+    methods: dict[str, list[str]]  # kind -> method names
+    sizes: dict[str, tuple[int, ...]]  # task -> sizes
+    seeds: list[int]
+    steps: dict[str, int]  # task -> steps
+    batch: int = 32
+    test_examples: int = 512
+    device: str = "cpu"
+    configs: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        for task in self.tasks:
+            setting = TASK_SETTINGS[task]
+            for size in self.sizes[task]:
+                tokens = size if setting.kind == "language" else (size // PATCH) ** 2
+                for method in self.methods[setting.kind]:
+                    for seed in self.seeds:
+                        self.configs.append(
+                            dict(task=task, kind=setting.kind, size=size, tokens=tokens, method=method, seed=seed,
+                                 steps=self.steps[task], batch=self.batch, lr=setting.lr,
+                                 test_examples=self.test_examples, device=self.device)
+                        )  # fmt: skip
+
+
+def methods_of_kind(kind: str) -> list[str]:
+    """Every registered method of a kind: language methods with an attention kernel, vision ones with a mixer."""
+    return [m.name for m in registry.METHODS if (m.make_mixer if kind == "vision" else m.attention)]
+
+
+def run_one(config: dict) -> dict:
+    """One row: the configuration, its results and status ("ok", "skipped" or "error" with the reason)."""
+    row = dict(config)
+    arguments = {k: config[k] for k in ("task", "method", "size", "seed", "steps", "batch", "lr", "test_examples")}
+    try:
+        row.update(train_and_test(**arguments, device=config["device"]), status="ok", error="")
+    except ParameterBudgetError as error:  # the budget's rule cannot be met: recorded as skipped
+        row.update(params="", accuracy="", final_loss="", train_s="", status="skipped", error=str(error)[:300])
+    except Exception as error:  # a method that cannot run this configuration: recorded, the run goes on
+        row.update(params="", accuracy="", final_loss="", train_s="", status="error",
+                   error=f"{type(error).__name__}: {error}"[:300])  # fmt: skip
+    return row
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run(plan: Plan, out: Path, *, resume: bool = True, progress: bool = True, workers: int = 1, threads: int = 2):
+    """Train every configuration of ``plan`` not yet in ``out``; each row is written as it finishes.
+
+    ``workers > 1`` trains that many configurations at once, each in a process of its own with
+    ``threads`` threads (on 2 CPU cores, 2 workers of 1 thread keep both cores busy: these small
+    models run many short operations, which a second thread barely speeds up). Returns the rows
+    of the plan, in its order.
+    """
+    from tqdm.auto import tqdm
+
+    with bench.results_lock(out):
+        done: dict[tuple, dict] = {}
+        if resume and out.exists() and out.stat().st_size > 0:
+            done = {_key(row): row for row in read_rows(out) if row["status"] in ("ok", "skipped")}
+        todo = [config for config in plan.configs if _key(config) not in done]
+        bar = tqdm(total=len(plan.configs), initial=len(plan.configs) - len(todo), desc="arena", disable=not progress)
+        order = [_key(config) for config in plan.configs]
+
+        def finished(row: dict) -> None:
+            done[_key(row)] = row
+            planned = [done[key] for key in order if key in done]
+            write_rows(planned + [row for key, row in done.items() if key not in set(order)], out)
+            bar.set_postfix_str(f"{row['task']} {row['method']} {row['size']} seed {row['seed']}: {row['status']}")
+            bar.update(1)
+
+        if workers == 1:
+            torch.set_num_threads(threads)
+            for config in todo:
+                finished(run_one(config))
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            context = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads inherited by a fork
+            with ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_start_worker, initargs=(threads,)
+            ) as pool:
+                futures = [pool.submit(run_one, config) for config in todo]
+                try:
+                    for future in as_completed(futures):
+                        finished(future.result())
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        bar.close()
+        return [done[key] for key in order]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(value < 0 for value in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="CSV file; rows are written as they finish, and resumed")
+    parser.add_argument("--tasks", type=_names, default=list(TASK_SETTINGS), help=f"of {list(TASK_SETTINGS)}")
+    parser.add_argument("--methods", type=_names, help="registry names (default: every method of each task's kind)")
+    parser.add_argument("--sizes", type=_int_list, help="language: N; vision: side in pixels (default: per task)")
+    parser.add_argument("--seeds", type=_int_list, help="default 0,1,2")
+    parser.add_argument("--steps", type=_int_list, help="training steps (default: per task)")
+    parser.add_argument("--batch", type=_int_list, help="examples per step (default 32)")
+    parser.add_argument("--test-examples", type=_int_list, help="default 512")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--workers", type=_int_list, help="configurations trained at once (default: 2 on cpu, 1 on cuda)"
+    )
+    parser.add_argument("--threads", type=_int_list, help="threads per worker (default: 2 / workers, at least 1)")
+    parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke configuration")
+    parser.add_argument("--restart", action="store_true", help="train everything again instead of resuming")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _single(parser, name: str, values, default: int) -> int:
+    if values is None:
+        return default
+    if len(values) != 1 or values[0] < 1:
+        parser.error(f"--{name}: expected one positive integer, got {values}")
+    return values[0]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--sizes", default="128,512,1024")
-    parser.add_argument("--methods", default=",".join(KERNELS))
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--batch", type=int, default=16)
+    parser = build_parser()
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
-    out = bench.check_writable(args.out)
-    rows = []
-    for N in (int(n) for n in args.sizes.split(",")):
-        for method in args.methods.split(","):
-            row = train_and_test(method, N, steps=args.steps, batch=args.batch)
-            print(row, flush=True)
-            rows.append(row)
-    with out.open("w", newline="") as handle:
-        handle.write(f"# measured {datetime.date.today().isoformat()} on {bench.machine_description()}\n")
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return 0
+    unknown = [task for task in args.tasks if task not in TASK_SETTINGS]
+    if unknown or not args.tasks:
+        parser.error(f"--tasks: expected names of {list(TASK_SETTINGS)}, got {args.tasks}")
+    kinds = {TASK_SETTINGS[task].kind for task in args.tasks}
+    methods = {kind: methods_of_kind(kind) for kind in ("language", "vision")}
+    if args.methods is not None:
+        for name in args.methods:
+            try:
+                method = registry.get(name)
+            except ValueError as error:
+                parser.error(f"--methods: {error}")
+            if not any(name in methods[kind] for kind in kinds):
+                parser.error(f"--methods: {method.name!r} has neither an attention kernel nor a mixer for these tasks")
+        methods = {kind: [name for name in names if name in args.methods] for kind, names in methods.items()}
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        parser.error(f"--device: expected cpu or cuda, got {args.device!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device: cuda was asked for, but torch sees no GPU")
+    tiny = TINY if args.tiny else None
+    sizes = {}
+    for task in args.tasks:
+        setting = TASK_SETTINGS[task]
+        sizes[task] = tuple(args.sizes) if args.sizes else (tiny["sizes"][setting.kind] if tiny else setting.sizes)
+        if any(size < 1 for size in sizes[task]):
+            parser.error(f"--sizes: expected positive sizes, got {sizes[task]}")
+    if args.steps is not None and len(args.steps) not in (1, len(args.tasks)):
+        parser.error(f"--steps: expected one number or one per task ({len(args.tasks)}), got {args.steps}")
+    if args.steps is not None and min(args.steps) < 1:
+        parser.error(f"--steps: expected positive numbers, got {args.steps}")
+    steps = {}
+    for index, task in enumerate(args.tasks):
+        default = tiny["steps"] if tiny else TASK_SETTINGS[task].steps
+        steps[task] = default if args.steps is None else args.steps[index if len(args.steps) > 1 else 0]
+    seeds = args.seeds or list(range(tiny["seeds"] if tiny else 3))
+    plan = Plan(
+        tasks=args.tasks,
+        methods=methods,
+        sizes=sizes,
+        seeds=seeds,
+        steps=steps,
+        batch=_single(parser, "batch", args.batch, tiny["batch"] if tiny else 32),
+        test_examples=_single(parser, "test-examples", args.test_examples, tiny["test_examples"] if tiny else 512),
+        device=args.device,
+    )
+    workers = _single(parser, "workers", args.workers, 2 if args.device == "cpu" and not args.tiny else 1)
+    threads = _single(parser, "threads", args.threads, max(1, 2 // workers))
+    try:
+        out = bench.check_writable(args.out)
+    except ValueError as error:
+        parser.error(f"--out: {error}")
+    if out.exists() and out.stat().st_size > 0:
+        try:
+            read_rows(out)
+        except ValueError as error:
+            parser.error(f"--out: {error}")
+    try:
+        rows = run(plan, out, resume=not args.restart, progress=not args.no_progress, workers=workers, threads=threads)
+    except bench.ResultsFileError as error:
+        parser.error(f"--out: {error}")
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished rows are in {out}; run the same command again to resume", file=sys.stderr)
+        return 130
+    failed = [row for row in rows if row["status"] == "error"]
+    for row in failed:
+        print(f"{row['task']} {row['method']} {row['size']} seed {row['seed']}: {row['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ Language Models", ICLR 2024 (arXiv:2312.04927), Section 3, and its released gene
 * the label of a query position is the value that followed its key in the context; every other
   position is labelled ``IGNORE`` (-100, what ``torch.nn.functional.cross_entropy`` skips);
 * the positions that are neither context nor query hold random tokens of the whole vocabulary
-  (Zoology's ``random_non_queries=True``).
+  (Zoology's default ``random_non_queries=True``), or 0 with ``random_non_queries=False``.
 
 Zoology trains causal language models and shifts the labels by one; here the label sits at the
 query's own position, and the token after a query is filler, never the answer, so a model that
@@ -39,11 +39,14 @@ def mqar(
     num_kv_pairs: int = 8,
     vocab_size: int = 8192,
     power_a: float = 0.01,
+    random_non_queries: bool = True,
     generator=0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch`` MQAR sequences of ``seq_len`` tokens: ``(inputs, labels)``, both ``(batch, seq_len)`` int64.
 
     ``labels`` holds the value to recall at each query position and ``IGNORE`` elsewhere.
+    ``random_non_queries=False`` fills the positions that are neither context nor query with 0
+    (a token no key or value uses) instead of random tokens, as Zoology's option of that name.
     ``generator``: a CPU ``torch.Generator`` or an int seed (the same seed gives the same batch).
     Needs an even ``seq_len >= 4 * num_kv_pairs`` (the context plus room for every query) and
     ``num_kv_pairs < vocab_size // 2`` (distinct keys and values).
@@ -64,6 +67,8 @@ def mqar(
         )
     if isinstance(power_a, bool) or not isinstance(power_a, (int, float)) or not 0 < power_a <= 1:
         raise ValueError(f"power_a must be a number in (0, 1], got {power_a!r}")
+    if not isinstance(random_non_queries, bool):
+        raise TypeError(f"random_non_queries must be a bool, got {random_non_queries!r}")
     generator = make_generator(generator)
     half = vocab_size // 2
     context = 2 * num_kv_pairs
@@ -75,7 +80,10 @@ def mqar(
     offsets = torch.arange(1, space + 1, dtype=torch.float64)
     p = power_a * offsets ** (power_a - 1)  # (space,) Zoology's power law over the gaps 0 .. space - 1
     gaps = torch.multinomial((p / p.sum()).expand(batch, space), num_kv_pairs, generator=generator)  # (B, K)
-    inputs = torch.randint(0, vocab_size, (batch, seq_len), generator=generator)  # the filler
+    if random_non_queries:
+        inputs = torch.randint(0, vocab_size, (batch, seq_len), generator=generator)  # the filler
+    else:
+        inputs = torch.zeros(batch, seq_len, dtype=torch.int64)
     inputs[:, 0:context:2] = keys
     inputs[:, 1:context:2] = values
     query_positions = context + 2 * gaps  # (B, K)

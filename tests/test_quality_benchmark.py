@@ -1,0 +1,161 @@
+"""benchmarks/quality.py: a tiny configuration end to end, resuming, the registry's methods, bad arguments."""
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlib import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # importable by name: the workers of --workers 2 import it too
+import quality  # noqa: E402
+
+FEW = "dense,reformer,pvt,poolformer"
+
+
+def read(path):
+    with open(path) as handle:
+        first = handle.readline()
+        return first, list(csv.DictReader(handle))
+
+
+def test_tiny_run_end_to_end_and_resume(tmp_path, monkeypatch):
+    out = tmp_path / "arena.csv"
+    assert quality.main(["--out", str(out), "--tiny", "--methods", FEW, "--no-progress"]) == 0
+    first, rows = read(out)
+    assert first.startswith("# measured ") and "torch " in first and "attnlib " in first
+    assert {row["task"] for row in rows} == set(quality.TASK_SETTINGS)
+    for row in rows:
+        assert row["status"] == "ok", row["error"]
+        assert 0 <= float(row["accuracy"]) <= 1
+    language = [row for row in rows if row["kind"] == "language"]
+    vision = [row for row in rows if row["kind"] == "vision"]
+    assert {row["method"] for row in language} == {"dense", "reformer"}
+    assert {row["method"] for row in vision} == {"dense", "pvt", "poolformer"}
+    # resuming: nothing is trained again, the rows are the same
+    before = out.read_text().splitlines()[1:]
+    monkeypatch.setattr(quality, "train_and_test", None)  # would fail if called
+    assert quality.main(["--out", str(out), "--tiny", "--methods", FEW, "--no-progress"]) == 0
+    assert out.read_text().splitlines()[1:] == before
+
+
+def test_two_workers_write_the_rows_of_the_plan_in_order(tmp_path):
+    out = tmp_path / "arena.csv"
+    argv = ["--out", str(out), "--tiny", "--tasks", "mqar", "--methods", "dense,sdpa", "--seeds", "0,1"]
+    assert quality.main([*argv, "--workers", "2", "--no-progress"]) == 0
+    _, rows = read(out)
+    assert [(row["method"], row["seed"]) for row in rows] == [
+        ("dense", "0"),
+        ("dense", "1"),
+        ("sdpa", "0"),
+        ("sdpa", "1"),
+    ]
+    assert all(row["status"] == "ok" for row in rows)
+    # dense and SDPA compute the same attention: the same seed trains the same model
+    assert rows[0]["accuracy"] == rows[2]["accuracy"]
+
+
+def test_every_registered_method_of_each_kind_is_planned():
+    language = quality.methods_of_kind("language")
+    vision = quality.methods_of_kind("vision")
+    assert language == [m.name for m in registry.METHODS if m.attention]
+    assert vision == [m.name for m in registry.METHODS if m.make_mixer]
+    assert {"dense", "bigbird", "reformer"} <= set(language) and {"dense", "swin", "mixer"} <= set(vision)
+
+
+def test_vision_models_match_the_dense_parameter_count():
+    setting = quality.TASK_SETTINGS["pathfinder"]
+    dense = quality.parameter_count(quality.build_model(setting, registry.get("dense"), 28))
+    matched = []
+    for name in quality.methods_of_kind("vision"):
+        try:
+            count = quality.parameter_count(quality.build_model(setting, registry.get(name), 28))
+        except quality.ParameterBudgetError as error:  # only when even the narrowest model is too large
+            closest = int(str(error).split("closest: ")[1].split()[0])
+            assert closest > (1 + quality.PARAM_TOLERANCE) * dense, name
+            continue
+        assert abs(count - dense) <= quality.PARAM_TOLERANCE * dense, name
+        matched.append(name)
+    assert {"dense", "swin", "mixer", "poolformer"} <= set(matched)
+
+
+def test_a_mixer_too_large_for_the_budget_is_skipped(tmp_path, monkeypatch):
+    def build(*args, **kwargs):
+        raise quality.ParameterBudgetError("no width gives it (closest: 999999 at C = 4)")
+
+    monkeypatch.setattr(quality, "build_model", build)
+    out = tmp_path / "arena.csv"
+    argv = ["--out", str(out), "--tiny", "--tasks", "same_shape", "--methods", "mixer", "--no-progress"]
+    assert quality.main(argv) == 0
+    _, rows = read(out)
+    assert rows[0]["status"] == "skipped" and "closest" in rows[0]["error"]
+
+
+def test_language_models_are_the_same_model_for_every_kernel():
+    setting = quality.TASK_SETTINGS["mqar"]
+    counts = {quality.parameter_count(quality.build_model(setting, registry.get(name), 64))
+              for name in quality.methods_of_kind("language")}  # fmt: skip
+    assert len(counts) == 1
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    factors = [quality.schedule(step, 100) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:])) and factors[-1] < 0.01
+
+
+def test_a_failing_method_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(quality, "train_and_test", broken)
+    out = tmp_path / "arena.csv"
+    assert quality.main(["--out", str(out), "--tiny", "--tasks", "mqar", "--methods", "dense", "--no-progress"]) == 1
+    _, rows = read(out)
+    assert rows[0]["status"] == "error" and "boom" in rows[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--tasks", "sorting"], "--tasks"),
+        (["--methods", "nothing"], "--methods"),
+        (["--steps", "0"], "--steps"),
+        (["--steps", "1,2"], "--steps"),
+        (["--sizes", "a"], "--sizes"),
+        (["--batch", "0"], "--batch"),
+        (["--device", "tpu"], "--device"),
+        (["--workers", "0"], "--workers"),
+    ],
+)
+def test_bad_arguments_name_the_option(tmp_path, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        quality.main(["--out", str(tmp_path / "x.csv"), "--tiny", *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_refuses_a_file_of_another_program(tmp_path, capsys):
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit):
+        quality.main(["--out", str(other), "--tiny"])
+    assert "--out" in capsys.readouterr().err
+    assert other.read_text() == "a,b\n1,2\n"
+
+
+def test_the_old_quality_csv_still_reads():
+    path = ROOT / "benchmarks" / "results" / "cpu_quality.csv"
+    with path.open() as handle:
+        assert handle.readline().startswith("# measured")
+        rows = list(csv.DictReader(handle))
+    assert {"method", "N", "accuracy"} <= set(rows[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_tiny_run_on_cuda(tmp_path):
+    out = tmp_path / "arena.csv"
+    assert quality.main(["--out", str(out), "--tiny", "--methods", "dense", "--device", "cuda", "--no-progress"]) == 0
