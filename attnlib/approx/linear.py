@@ -316,7 +316,7 @@ def linear_attention_step(
 # Chunks are processed in groups, vectorized inside a group: the Python loop stays short, and no
 # tensor of a group (features: C m, chunk states: m d_v numbers per chunk) holds more than this
 # many numbers per head (16 chunks of 64 tokens for m = d_v = 64; 4 for Performer's m = 256).
-_GROUP_NUMBERS = 2**16
+_GROUP_NUMBERS = 2**14
 
 
 def _chunks_per_group(C: int, m: int, d_v: int) -> int:

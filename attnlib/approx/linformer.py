@@ -13,9 +13,11 @@ The equations (Sec. 4, Eq. 7), for head ``i`` with projections ``E_i, F_i: (k, N
 
 so the cost is ``O(N k d)`` in time and ``O(N k)`` for the scores. Sec. 3 (Theorem 1) argues that
 the context mapping matrix ``P`` of softmax attention is approximately low rank; Theorem 2 that
-random ``E, F`` with i.i.d. ``N(0, 1/k)`` entries and ``k = O(d log d / eps^2)`` keep the output
-within ``eps`` with high probability. In the model E and F are learned (initialized here as in
-Theorem 2). With ``k = N`` and ``E = F = I`` the method is dense softmax attention (a test).
+random projections (scaled copies of one matrix with i.i.d. ``N(0, 1/k)`` entries) with
+``k = min(Theta(9 d log d / eps^2), 5 Theta(log n / eps^2))`` keep the output within ``eps`` with
+high probability (a Johnson-Lindenstrauss argument). In the model E and F are learned
+(initialized here with i.i.d. ``N(0, 1/k)`` entries, independent for E and F). With ``k = N`` and
+``E = F = I`` the method is dense softmax attention (a test).
 
 Not causal: every projected key ``(E K)_r = sum_n E_rn K_n`` mixes all N tokens, the future ones
 included, so no query can be kept from seeing them; :func:`linformer_attention` raises a
