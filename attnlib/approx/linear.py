@@ -80,12 +80,12 @@ DEFAULT_EPS = 1e-6  # fast-transformers' LinearAttention and CausalLinearAttenti
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     """Eq. (7): ``phi(x) = elu(x) + 1``, ``(..., d) -> (..., d)`` (so ``m = d``): ``x + 1`` above 0, ``exp(x)`` below.
 
-    Written as those two branches rather than ``elu(x) + 1``: the same function, but ``elu(x) + 1``
-    computes ``(exp(x) - 1) + 1``, which rounds to exactly 0 below x = -17 in float32 (-37 in
-    float64); ``exp(x)`` stays positive down to -103 (-745). ``exp`` reads ``min(x, 0)`` so that
-    the branch not taken never overflows (an infinity there would make the gradient NaN).
+    Computed as ``exp(min(x, 0)) + max(x, 0)``, the same function: ``elu(x) + 1`` computes
+    ``(exp(x) - 1) + 1``, which rounds to exactly 0 below x = -17 in float32 (-37 in float64);
+    ``exp(x)`` stays positive down to -103 (-745). ``exp`` reads ``min(x, 0)``, so it never
+    overflows (an infinity there would make the gradient NaN).
     """
-    return torch.where(x > 0, x + 1.0, torch.exp(x.clamp(max=0.0)))
+    return x.clamp(max=0.0).exp_() + x.relu()  # exp_ in place on clamp's output: clamp's backward reads x
 
 
 # --------------------------------------------------------------------------
