@@ -80,16 +80,18 @@ def _check_proj_len(proj_len, N: int) -> None:
 
 
 def _blocks(proj_len: int, N: int, seed: int, dtype, device):
-    """Yield ``(start, E_block, F_block)``, each ``(k, n)`` with i.i.d. ``N(0, 1/k)`` entries, seeded."""
+    """Yield ``(start, E_block, F_block)``, each ``(k, n)`` with i.i.d. ``N(0, 1)`` entries, seeded.
+
+    The projections are these times ``1/sqrt(k)``; the callers apply the factor once, to the result.
+    """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     g = torch.Generator(device="cpu").manual_seed(seed)
-    std = proj_len**-0.5
     for start in range(0, N, _BLOCK):
         n = min(_BLOCK, N - start)
-        E = torch.randn(proj_len, n, generator=g) * std  # (k, n)
-        F = torch.randn(proj_len, n, generator=g) * std  # (k, n)
-        yield start, E.to(dtype=dtype, device=device), F.to(dtype=dtype, device=device)
+        E = torch.randn(proj_len, n, generator=g).to(dtype=dtype, device=device)  # (k, n)
+        F = torch.randn(proj_len, n, generator=g).to(dtype=dtype, device=device)  # (k, n)
+        yield start, E, F
 
 
 def random_projections(proj_len: int, N: int, *, seed: int, dtype=torch.float32, device=None):
@@ -100,7 +102,8 @@ def random_projections(proj_len: int, N: int, *, seed: int, dtype=torch.float32,
     check_positive_int("N", N)
     _check_proj_len(proj_len, N)
     parts = list(_blocks(proj_len, N, seed, dtype, device))
-    return torch.cat([E for _, E, _ in parts], dim=1), torch.cat([F for _, _, F in parts], dim=1)
+    std = proj_len**-0.5
+    return torch.cat([E for _, E, _ in parts], dim=1) * std, torch.cat([F for _, _, F in parts], dim=1) * std
 
 
 def _check_projection(name: str, P, N: int, H: int, device) -> None:
@@ -148,6 +151,7 @@ def linformer_attention(q, k, v, E=None, F=None, *, causal=False, proj_len=None,
             part_v = F_b @ v[:, :, start : start + F_b.shape[1]]  # (B, H, k, d_v)
             k_bar = part_k if k_bar is None else k_bar + part_k
             v_bar = part_v if v_bar is None else v_bar + part_v
+        k_bar, v_bar = k_bar * proj_len**-0.5, v_bar * proj_len**-0.5  # E, F entries N(0, 1/k)
     else:
         if proj_len is not None or seed is not None:
             raise ValueError("give E (and F) or proj_len and seed, not both")
