@@ -152,6 +152,13 @@ def test_same_shape_labels_and_stamps():
         assert image.sum() == stamp(SHAPES[a]).sum() + stamp(SHAPES[b]).sum()
 
 
+def test_same_shape_on_a_grid():
+    _, _, details = tasks.same_shape(64, 28, grid=2, generator=3, return_details=True)
+    corners = details[:, :, 1:]
+    assert (corners % 2 == 0).all()
+    assert (details[:, 0, 2] + STAMP <= 7).all() and (details[:, 1, 2] >= 21).all()  # still in the outer quarters
+
+
 def test_shapes_are_distinct():
     flat = {tuple(stamp(name).flatten().tolist()) for name in SHAPES}
     assert len(flat) == len(SHAPES)
@@ -177,6 +184,7 @@ def test_shapes_are_distinct():
         (lambda: tasks.pathfinder(2, 16, turn_p=2), "turn_p"),
         (lambda: tasks.same_shape(2, 12), "side"),
         (lambda: tasks.same_shape(2, 28, num_shapes=9), "num_shapes"),
+        (lambda: tasks.same_shape(2, 28, grid=5), "grid"),
         (lambda: stamp("star"), "name"),
         (lambda: encode("[MAX 1 2 ]", 3), "seq_len"),
         (lambda: dots_connected(torch.zeros(8, 8)), "image"),

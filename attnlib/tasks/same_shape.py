@@ -41,10 +41,14 @@ def stamp(name: str) -> torch.Tensor:
     return torch.tensor([[1.0 if ch == "#" else 0.0 for ch in row] for row in _ROWS[name]])
 
 
-def same_shape(batch: int, side: int, *, num_shapes: int = len(SHAPES), generator=0, return_details: bool = False):
+def same_shape(
+    batch: int, side: int, *, num_shapes: int = len(SHAPES), grid: int = 1, generator=0, return_details: bool = False
+):
     """``batch`` maps ``(batch, 1, side, side)`` float32 and labels ``(batch,)`` int64 (1: the same shape).
 
-    ``num_shapes``: how many of :data:`SHAPES` are used (2 .. 6). With ``return_details`` also a
+    ``num_shapes``: how many of :data:`SHAPES` are used (2 .. 6). ``grid``: the shapes' corners sit
+    on multiples of ``grid`` pixels (a model's patch size: every copy of a shape is cut into
+    patches the same way). With ``return_details`` also a
     ``(batch, 2, 3)`` int64 tensor of (shape index, top row, left column) for the left and right
     shape. ``generator``: a CPU ``torch.Generator`` or an int seed.
     """
@@ -55,6 +59,9 @@ def same_shape(batch: int, side: int, *, num_shapes: int = len(SHAPES), generato
     check_positive_int("num_shapes", num_shapes)
     if not 2 <= num_shapes <= len(SHAPES):
         raise ValueError(f"num_shapes must be in 2 .. {len(SHAPES)}, got {num_shapes}")
+    check_positive_int("grid", grid)
+    if -(-(side - side // 4) // grid) * grid > side - STAMP:
+        raise ValueError(f"grid must leave a position for a shape in a quarter of the map, got {grid} for side {side}")
     generator = make_generator(generator)
     stamps = torch.stack([stamp(name) for name in SHAPES[:num_shapes]])  # (S, 5, 5)
     labels = torch.randint(0, 2, (batch,), generator=generator)
@@ -62,9 +69,12 @@ def same_shape(batch: int, side: int, *, num_shapes: int = len(SHAPES), generato
     other = (first + torch.randint(1, num_shapes, (batch,), generator=generator)) % num_shapes  # never first
     second = torch.where(labels == 1, first, other)
     quarter = side // 4
-    rows = torch.randint(0, side - STAMP + 1, (batch, 2), generator=generator)
-    left = torch.randint(0, quarter - STAMP + 1, (batch,), generator=generator)
-    right = side - quarter + torch.randint(0, quarter - STAMP + 1, (batch,), generator=generator)
+    rows = grid * torch.randint(0, (side - STAMP) // grid + 1, (batch, 2), generator=generator)
+    left = grid * torch.randint(0, (quarter - STAMP) // grid + 1, (batch,), generator=generator)
+    first_right = -(-(side - quarter) // grid) * grid  # the first grid column in the right quarter
+    right = first_right + grid * torch.randint(
+        0, (side - STAMP - first_right) // grid + 1, (batch,), generator=generator
+    )
     images = torch.zeros(batch, 1, side, side)
     for b in range(batch):
         r0, r1, c0, c1 = rows[b, 0].item(), rows[b, 1].item(), left[b].item(), right[b].item()
