@@ -315,8 +315,8 @@ def linear_attention_step(
 
 # Chunks are processed in groups, vectorized inside a group: the Python loop stays short, and no
 # tensor of a group (features: C m, chunk states: m d_v numbers per chunk) holds more than this
-# many numbers per head (16 chunks of 64 tokens for m = d_v = 64; 4 for Performer's m = 256).
-_GROUP_NUMBERS = 2**14
+# many numbers per head (8 chunks of 64 tokens for m = d_v = 64; 2 for Performer's m = 256).
+_GROUP_NUMBERS = 2**15
 
 
 def _chunks_per_group(C: int, m: int, d_v: int) -> int:
@@ -351,7 +351,7 @@ def causal_linear_attention_chunked(
 
     ``out = (1 + 4) / (normalizer of 1 + normalizer of 4 + eps)``, Eq. (9). Cost
     ``O(N C m + N m d_v)``; equal to :func:`linear_attention_quadratic` with ``causal=True`` up to
-    rounding. Chunks are processed in groups (vectorized inside a group, 16 chunks of 64 tokens for
+    rounding. Chunks are processed in groups (vectorized inside a group, 8 chunks of 64 tokens for
     ``m = d_v = 64``), so no per-chunk tensor of the whole sequence is held.
 
     ``feature_map=None`` with ``normalize=False`` is the plain causal product

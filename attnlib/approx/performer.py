@@ -67,7 +67,7 @@ from .._checks import (
 from ..reference import GlobalSelfAttention2d, MultiHeadSelfAttention
 from .linear import causal_linear_attention_chunked, linear_attention_noncausal, linear_attention_quadratic
 
-_BLOCK = 256  # tokens per block of the non-causal passes: (256, m) features per head at a time
+_BLOCK = 512  # tokens per block of the non-causal passes: (512, m) features per head at a time
 
 __all__ = [
     "gaussian_projection",
@@ -144,10 +144,11 @@ def _check_projection(projection, d: int, device) -> None:
         raise ValueError(f"projection must be on the device of q ({device}), got {projection.device}")
 
 
-def _exponent(x: torch.Tensor, projection: torch.Tensor, root: float = 1.0) -> torch.Tensor:
-    """``W x' - |x'|^2 / 2`` for ``x' = root * x``, ``x: (..., n, d)``: ``(..., n, m)`` (x' is never formed)."""
+def _exponent(x: torch.Tensor, projection: torch.Tensor, root: float = 1.0, offset=0.0) -> torch.Tensor:
+    """``W x' - |x'|^2 / 2 - offset`` for ``x' = root * x``, ``x: (..., n, d) -> (..., n, m)`` (x' never formed)."""
     wx = x @ (projection.to(x.dtype) * root).T  # (..., n, m)
-    return wx - (0.5 * root * root) * x.square().sum(-1, keepdim=True)  # (..., n, m)
+    shift = (0.5 * root * root) * x.square().sum(-1, keepdim=True) + offset  # (..., n, 1)
+    return wx.sub_(shift)  # in place on the matmul's output: its backward reads x and W, not the output
 
 
 def positive_random_features(x: torch.Tensor, projection: torch.Tensor, *, offset=None) -> torch.Tensor:
@@ -155,16 +156,13 @@ def positive_random_features(x: torch.Tensor, projection: torch.Tensor, *, offse
 
     ``offset`` (None: 0) is the stabilizer's constant, broadcastable to ``(..., n, 1)``; with 0,
     ``phi(x)^T phi(y)`` is the unbiased estimate of ``exp(x^T y)``. No scaling of ``x`` here:
-    :func:`performer_attention` multiplies q and k by ``scale ** 0.5`` first.
+    :func:`performer_attention` multiplies q and k by ``scale ** 0.5`` (folded into ``W``).
     """
     check_tensor("x", x)
     if x.ndim < 2:
         raise ValueError(f"x must be (..., n, d), got shape {tuple(x.shape)}")
     _check_projection(projection, x.shape[-1], x.device)
-    exponent = _exponent(x, projection)  # (..., n, m)
-    if offset is not None:
-        exponent = exponent - offset
-    return torch.exp(exponent - 0.5 * math.log(projection.shape[0]))  # (..., n, m): exp(...) / sqrt(m)
+    return _key_map(x, projection, 1.0, offset)
 
 
 def softmax_kernel_estimate(x: torch.Tensor, y: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
@@ -176,15 +174,13 @@ def _query_map(x: torch.Tensor, projection: torch.Tensor, root: float) -> torch.
     """Features of ``root * x`` (queries), stabilized per row: the largest feature of each row is ``1/sqrt(m)``."""
     exponent = _exponent(x, projection, root)  # (B, H, n, m)
     offset = exponent.amax(-1, keepdim=True).detach() + 0.5 * math.log(projection.shape[0])  # (B, H, n, 1)
-    return torch.exp(exponent - offset)  # (B, H, n, m): the row's constant cancels in the ratio
+    return exponent.sub_(offset).exp_()  # (B, H, n, m): the row's constant cancels in the ratio
 
 
 def _key_map(x: torch.Tensor, projection: torch.Tensor, root: float, offset) -> torch.Tensor:
-    """Features of ``root * x`` (keys) with the keys' constant ``offset`` (None: 0) subtracted."""
-    exponent = _exponent(x, projection, root)  # (B, H, n, m)
-    if offset is not None:
-        exponent = exponent - offset
-    return torch.exp(exponent - 0.5 * math.log(projection.shape[0]))  # (B, H, n, m)
+    """Features of ``root * x`` (keys): ``exp(W x' - |x'|^2/2 - offset) / sqrt(m)``, ``offset`` None for 0."""
+    total = 0.5 * math.log(projection.shape[0]) + (0.0 if offset is None else offset)  # the 1/sqrt(m) inside exp
+    return _exponent(x, projection, root, total).exp_()  # (B, H, n, m)
 
 
 def _key_offset(k: torch.Tensor, projection: torch.Tensor, root: float, chunk: int = _BLOCK) -> torch.Tensor:
