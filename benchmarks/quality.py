@@ -20,8 +20,8 @@ time, so that a method added to the registry joins without a change here:
   parameter count within :data:`PARAM_TOLERANCE` (10 %): a mixer without parameters (PoolFormer)
   gets wider channels.
 
-The short convolution lets a token see its left neighbour (as in H3 and Based, and Zoology's
-attention baselines), so that MQAR's key and value are bound in every method alike; reaching
+The short convolution lets a token see its left neighbour (as the short convolutions of H3 and
+Based do), so that MQAR's key and value are bound in every method alike; reaching
 the right pair across the sequence is left to the mixer.
 
 Budget: the same steps, batch and learning-rate schedule (AdamW, linear warm-up over the first
@@ -43,16 +43,18 @@ default run to fit 90 minutes on 2 CPU cores. Measured with dense attention, see
 256 test examples (December 2026, on a shared 2-core machine):
 
 * MQAR, N = 64, 4 pairs: 1.00 after 400 steps;
-* selective copying, N = 64, 4 tokens: 0.47 (8 tokens) after 400 steps; 0.63 (8 tokens) and 0.88
-  (4 tokens) after 1000; 0.94 (4 tokens) after 1400;
+* selective copying, N = 64: 8 tokens, 0.47 after 400 steps and 0.63 after 1000; 4 tokens (the
+  default at N = 64), 0.88 after 1000 and 0.94 after 1400;
 * ListOps, N = 64, depth 3, up to 5 arguments: 0.47 after 400 steps, 0.55 after 1000 (up to 3
   arguments: 0.55; 4 layers: 0.55; without nesting, depth 2: 0.76): below 0.9;
-* Pathfinder-like, 28 x 28: 0.50 (chance) after 1000 steps; same shape, 28 x 28: 0.50 after 600
+* Pathfinder-like, 28 x 28: 0.50 (chance) after 1000 steps (paths of 14 cells: 0.54 after 2000);
+  same shape, 28 x 28: 0.50 after 600
   steps (and after 500 with 2 shapes, or with shapes on the patch grid): below 0.9.
 
 One training step of every registered method together (one thread, CPU time) cost about
-0.6 s on a language task at N = 64 and 1.1 s on a vision task at 28 x 28 (N = 256: 2.4 s);
-each (task, seed) adds about 12 s (language) and 24 s (vision) of building and testing. With
+0.6 s on a language task at N = 64 (2.4 s at N = 256) and 1.1 s on a vision task at 28 x 28;
+each seed adds about 12 s (the three language tasks) and 24 s (the two vision tasks) of
+starting, building and testing. With
 the default steps the run is about 9,000 CPU seconds: about 75 minutes with 2 workers on 2 idle
 cores, an estimate, not a measured run.
 
