@@ -51,7 +51,7 @@ default run to fit 90 minutes on 2 CPU cores. Measured with dense attention, see
   after 1000 steps (paths of 14 cells: 0.54 after 2000), same shape 0.50 after 600 steps (with
   2 shapes, or with the shapes on the patch grid: 0.50 after 500); with their maximum (the default):
   same shape (on the patch grid) 0.91 after 600 steps, Pathfinder-like 0.75 after 600 and 0.76
-  after 1200: below 0.9.
+  after 1200 (paths of 14 cells: 0.66, of 20 cells turning half as often: 0.76, after 600): below 0.9.
 
 One training step of every registered method together (one thread, CPU time) cost about
 0.6 s on a language task at N = 64 (2.4 s at N = 256) and 1.1 s on a vision task at 28 x 28;
