@@ -173,11 +173,14 @@ def sdpa_attention(q, k, v, *, mask=None, causal=False, scale=None):
     scale = resolve_scale(scale, 1.0 / math.sqrt(d))
     if mask is not None and mask.ndim == 1:
         mask = mask[None, :]  # (1, N_k): SDPA wants at least two dimensions
-    if causal:
+    # Square and unmasked, the end-aligned causal mask is SDPA's own is_causal (its fused kernel, no
+    # N_q x N_k mask in memory); otherwise the mask is built and passed.
+    fused_causal = causal and mask is None and N_q == N_k
+    if causal and not fused_causal:
         cmask = causal_mask(N_q, N_k, device=q.device)  # (N_q, N_k)
         mask = cmask if mask is None else mask & cmask
     out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, scale=scale, enable_gqa=H_kv != H
+        q, k, v, attn_mask=mask, scale=scale, is_causal=fused_causal, enable_gqa=H_kv != H
     )  # (B, H, N_q, d_v)
     # SDPA's CPU kernels disagree on a query row holding NaN or infinity (zeros for short
     # sequences, NaN for longer ones); attention() gives NaN there. So NaN here too. The sum of q

@@ -202,3 +202,22 @@ def test_module_bad_input():
 def test_expand_kv_heads_matches_sdpa_grouping():
     k = torch.arange(2.0).view(1, 2, 1, 1)
     assert reference.expand_kv_heads(k, 4).flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_sdpa_causal_square_uses_the_fused_causal_kernel(monkeypatch):
+    # With N_q == N_k and no mask, the end-aligned causal mask is SDPA's own is_causal: passing an
+    # explicit (N, N) boolean mask instead builds N^2 bytes and takes SDPA's slower masked path.
+    calls = []
+    fused = F.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    q, k, v = (torch.randn(1, 2, 9, 8, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(sdpa_attention(q, k, v, causal=True), attention(q, k, v, causal=True))
+    assert calls[-1]["attn_mask"] is None and calls[-1]["is_causal"] is True
+    # N_q < N_k: SDPA's is_causal aligns to the start, so the end-aligned mask is passed explicitly.
+    sdpa_attention(q[:, :, :4], k, v, causal=True)
+    assert calls[-1]["attn_mask"] is not None and not calls[-1].get("is_causal", False)
