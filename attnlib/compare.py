@@ -52,6 +52,10 @@ LOSSES = {
     "mixer": "content-dependence (fixed token weights)",
     "poolformer": "content-dependence and global reach (3 x 3 average)",
     "coat": "the softmax over pairs (softmax over tokens of K instead)",
+    "linear": "exp's kernel (elu + 1 features instead; no sharp weights)",
+    "performer": "exactness (a random-feature estimate of exp's kernel; noisy where weights are sharp)",
+    "linformer": "causality and the full rank of the weights (k keys projected from all N)",
+    "ssd": "the softmax over pairs (a decayed scan over a fixed-size state)",
 }
 
 

@@ -18,6 +18,8 @@ CATEGORIES = {
     "sparsification": "attentionの間引き",
     "approximation": "近似計算",
     "computation optimization": "計算過程の最適化",
+    # families the survey note does not have (its three families are the three above)
+    "beyond the survey": "サーベイの先",
 }
 DOMAINS = ("language", "vision", "any")
 # What a method computes, measured against softmax attention over all pairs (the comparison chapter's
@@ -417,6 +419,24 @@ METHODS: list[Method] = [
         # random projections (Theorem 2's N(0, 1/k)) drawn from the seed, in blocks; in a model E, F are learned
         bench_kwargs={"proj_len": 256, "seed": 0},
         make_mixer="attnlib.approx.linformer:make_mixer",
+    ),
+    Method(
+        name="ssd",
+        title="State-space duality (Mamba-2's SSD, chunked scan)",
+        category="beyond the survey",
+        domain="language",
+        paper="Dao, Gu, Transformers are SSMs: Generalized Models and Efficient Algorithms Through "
+        "Structured State Space Duality, ICML 2024",
+        url="https://arxiv.org/abs/2405.21060",
+        time_cost="O(N Q (n + d) + N n d): O(N), Q = chunk size, n = state size",
+        memory_cost="O(N Q) within chunks; decoding: an O(1) state (n x d per head)",
+        attention="attnlib.ssm.ssd:ssd_attention",
+        module="attnlib.ssm.mamba2:Mamba2",
+        pattern=None,
+        exactness="another mixer",
+        approximates_softmax="no",
+        chapter="17_state_space.ipynb",
+        bench_kwargs={"chunk_size": 64},
     ),
 ]
 
