@@ -18,6 +18,13 @@ def new_figure(width: float, height: float, *, rows: int = 1, columns: int = 1, 
     return figure, [ax for row in axes for ax in row]
 
 
+def light(color: str, amount: float = 0.55) -> tuple[float, float, float]:
+    """``color`` mixed with white (``amount`` 0: the colour, 1: white), rounded: the same figure everywhere."""
+    from matplotlib.colors import to_rgb
+
+    return tuple(round(c + (1 - c) * amount, 6) for c in to_rgb(color))
+
+
 def score_matrix_axes(ax, N_q: int, N_k: int, block_q: int, block_k: int, *, xlabel, ylabel, lang: str,
                       font_size: int) -> None:  # fmt: skip
     """Axes of an ``(N_q, N_k)`` score matrix drawn in tiles: query 0 on top, keys along the top, a tick per tile."""
@@ -33,4 +40,4 @@ def score_matrix_axes(ax, N_q: int, N_k: int, block_q: int, block_k: int, *, xla
     ax.set_ylabel(in_language(ylabel, lang), fontsize=font_size - 1)
 
 
-__all__ = ["MAX_WIDTH_INCHES", "new_figure", "score_matrix_axes"]
+__all__ = ["MAX_WIDTH_INCHES", "light", "new_figure", "score_matrix_axes"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from ... import registry
 from ..._checks import check_heads, check_positive_int
@@ -31,7 +30,8 @@ from ...approx import coat
 from ...reference import attention
 from .. import CATEGORY_COLORS
 from .._text import check_language, in_language, text
-from ._common import new_figure
+from ._common import light, new_figure
+from ._products import Product, ProductRecorder, draw_product_orders
 
 __all__ = [
     "MIXERS",
@@ -68,21 +68,6 @@ _SHORT = {  # the mixer's name in the slot
     "pooling": text("pooling", "プーリング"),
     "factorized": text("factorized attention", "分解型attention"),
 }
-_INTERMEDIATE = CATEGORY_COLORS[6]  # Okabe-Ito vermilion: the intermediate of a product order
-
-
-class _Products(TorchFunctionMode):
-    """Records ``(left shape, right shape, output shape)`` of every matrix product run inside it."""
-
-    def __init__(self):
-        super().__init__()
-        self.products = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        if func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm):
-            self.products.append((tuple(args[0].shape), tuple(args[1].shape), tuple(result.shape)))
-        return result
 
 
 class MixerCard(NamedTuple):
@@ -117,7 +102,7 @@ def mixer_cards(height: int = 4, width: int = 4, dim: int = 8, num_heads: int = 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             module = registry.get(name).mixer_factory()(dim, num_heads, height, width).double()
-        recorder = _Products()
+        recorder = ProductRecorder()
         with torch.no_grad(), recorder:
             out = module(torch.zeros(1, height, width, dim, dtype=torch.float64))
         details = {"tokens": height * width}
@@ -131,7 +116,7 @@ def mixer_cards(height: int = 4, width: int = 4, dim: int = 8, num_heads: int = 
             details["heads"], details["head_dim"] = module.attn.num_heads, module.attn.head_dim
         cards[key] = MixerCard(
             key, type(module).__name__, sum(p.numel() for p in module.parameters()), tuple(out.shape),
-            recorder.products, details,
+            recorder.shapes, details,
         )  # fmt: skip
     return cards
 
@@ -154,12 +139,6 @@ def _card_lines(card: MixerCard) -> list:
         h, rows, cols = context[1], context[2], context[3]
         formed = text(f"{h} heads × {rows}×{cols}, no {n}×{n}", f"ヘッド{h}個 × {rows}×{cols}（{n}×{n}なし）")
     return [formed, text(f"parameters: {card.parameters:,}", f"パラメータ数：{card.parameters:,}")]
-
-
-def _light(color: str, amount: float = 0.55) -> tuple[float, float, float]:
-    from matplotlib.colors import to_rgb
-
-    return tuple(round(c + (1 - c) * amount, 6) for c in to_rgb(color))
 
 
 def metaformer_block(
@@ -222,7 +201,7 @@ def metaformer_block(
         _, title, color, hatch = MIXERS[highlight]
         short = _SHORT[highlight]
         label = text(f"{slot_label.en}:\n{short.en}", f"{slot_label.ja}：\n{short.ja}")
-        box(levels["slot"], label, gid=f"slot {highlight}", face=_light(color), hatch=hatch, dashed=True, h=7)
+        box(levels["slot"], label, gid=f"slot {highlight}", face=light(color), hatch=hatch, dashed=True, h=7)
     add(levels["add1"])
     box(levels["norm2"], text("Norm", "正規化"))
     box(levels["mlp"], text("channel MLP", "チャンネル方向のMLP"))
@@ -249,7 +228,7 @@ def metaformer_block(
                            edgecolor="black" if chosen or highlight is None else "0.55",
                            linewidth=2.6 if chosen else 1.0, gid=f"card {key}")
         )  # fmt: skip
-        ax.add_patch(Rectangle((x, y + card_h - 6), card_w, 6, facecolor=_light(color), hatch=hatch,
+        ax.add_patch(Rectangle((x, y + card_h - 6), card_w, 6, facecolor=light(color), hatch=hatch,
                                edgecolor="none"))  # fmt: skip
         ax.text(x + card_w / 2, y + card_h - 3, in_language(title, lang), ha="center", va="center",
                 fontsize=FONT_SIZE + 0.5,
@@ -276,18 +255,6 @@ def metaformer_block(
 # ---------------------------------------------------------------------------- CoaT's product order
 
 
-class Product(NamedTuple):
-    """One matrix product of one head: ``left (rows x inner) @ right (inner x cols) -> out (rows x cols)``."""
-
-    left: tuple[int, int]
-    right: tuple[int, int]
-    out: tuple[int, int]
-
-    @property
-    def multiply_adds(self) -> int:
-        return self.left[0] * self.left[1] * self.right[1]
-
-
 def product_order(N: int, d: int) -> dict[str, list[Product]]:
     """The matrix products of one head, in the order the library runs them, recorded as they run.
 
@@ -304,10 +271,10 @@ def product_order(N: int, d: int) -> dict[str, list[Product]]:
     q = k = v = torch.zeros(1, 1, N, d, dtype=torch.float64)
     orders = {}
     for name, function in (("softmax", attention), ("factorized", coat.factorized_attention)):
-        recorder = _Products()
+        recorder = ProductRecorder()
         with torch.no_grad(), recorder:
             function(q, k, v)
-        orders[name] = [Product(left[-2:], right[-2:], out[-2:]) for left, right, out in recorder.products]
+        orders[name] = recorder.products
     return orders
 
 
@@ -327,80 +294,22 @@ def factorized_product_order(N: int = 16, d: int = 4, *, lang: str = "en"):
     products, all from :func:`product_order`. (The ``1 / sqrt(d)`` scale and the softmax are
     left out of the counts.)
     """
-    from matplotlib.patches import Rectangle
-
     check_language(lang)
-    orders = product_order(N, d)
-    gap = max(2.0, N / 6)
-    rows_out = {}  # name -> (pieces, operators, right edge): x positions first, y once the scale is known
-    for name in ("softmax", "factorized"):
-        steps = orders[name]
-        pieces, operators, x = [], [], 0.0
-        for index, step in enumerate(steps):
-            # softmax attention: the first product's output (its softmax) is the second's left operand
-            chained = name == "softmax" and index > 0 and step.left == steps[index - 1].out
-            roles = [("right", step.right), ("out", step.out)]
-            if chained:
-                operators.append((x - gap / 2, step.left[0], "·"))
-            else:
-                roles.insert(0, ("left", step.left))
-            for role, (rows, cols) in roles:
-                intermediate = (index == 0 and role == "out") or (
-                    name == "factorized" and index == 1 and role == "right"
-                )
-                pieces.append((x, rows, cols, intermediate, index, role))  # S = Q K^T, or G (made first, then used)
-                x += cols + gap
-                if role != "out":
-                    operators.append((x - gap / 2, rows, "·" if role == "left" else "="))
-            x += gap
-        rows_out[name] = (pieces, operators, x - 2 * gap)
-    width_units = max(right for _, _, right in rows_out.values()) + 1.0
-    unit = max(width_units / 6.9, 62.0 / 6.9)  # units per inch: the titles need about 6 inches
-    title_room, label_room = 0.62 * unit, 0.5 * unit  # two lines of title, two lines of label
-    tops, top = {}, 0.0
-    for name in ("softmax", "factorized"):
-        tops[name] = top
-        height = max(rows for _, rows, *_ in rows_out[name][0])
-        top += title_room + height + label_room
-    figure, (ax,) = new_figure(7.0, min(9.0, top / unit + 0.3))
-    for name in ("softmax", "factorized"):
-        steps, (pieces, operators, _) = orders[name], rows_out[name]
-        size = f"{steps[0].out[0]}×{steps[0].out[1]}"
-        total = sum(step.multiply_adds for step in steps)
-        per_step = " + ".join(f"{step.left[0]}×{step.left[1]}×{step.right[1]}" for step in steps)
-        if name == "softmax":
-            title = text(
-                f"softmax attention: $QK^\\top$ first, {size} in the middle\nmultiply-adds: {per_step} = {total:,}",
-                f"softmax attention：$QK^\\top$ が先、途中に{size}\n積和演算：{per_step} = {total:,}回",
-            )
-        else:
-            title = text(
-                f"factorized (CoaT): $G = \\mathrm{{softmax}}(K)^\\top V$ first, {size} in the middle\n"
-                f"multiply-adds: {per_step} = {total:,}",
-                f"分解型（CoaT）：$G = \\mathrm{{softmax}}(K)^\\top V$ が先、途中に{size}\n"
-                f"積和演算：{per_step} = {total:,}回",
-            )
-        ax.text(0, tops[name], in_language(title, lang), ha="left", va="top", fontsize=FONT_SIZE, linespacing=1.4)
-        y0 = tops[name] + title_room
-        for x, rows, cols, intermediate, index, role in pieces:
-            face, hatch = (_light(_INTERMEDIATE, 0.35), "//") if intermediate else ("#e8e8e8", "")
-            ax.add_patch(Rectangle((x, y0), cols, rows, facecolor=face, hatch=hatch, edgecolor="black",
-                                   linewidth=1.0, gid=f"{name}:{index}:{role}"))  # fmt: skip
-            label = _OPERANDS[name][index][("left", "right", "out").index(role)]
-            if label == "out":
-                label = in_language(text("out", "出力"), lang)
-            ax.text(x + cols / 2, y0 + rows + 0.08 * unit, f"{label}\n{rows}×{cols}", ha="center", va="top",
-                    fontsize=FONT_SIZE - 1, linespacing=1.3)  # fmt: skip
-        for x, rows, operator in operators:
-            ax.text(x, y0 + min(rows, 0.3 * unit) / 2, operator, ha="center", va="center", fontsize=FONT_SIZE + 4)
-    ax.set_xlim(-0.5, unit * 6.9 - 0.5)
-    ax.set_ylim(top, -0.5)  # the first row on top
-    ax.set_aspect("equal")
-    ax.set_axis_off()
+    titles = {
+        "softmax": lambda size, per_step, total: text(
+            f"softmax attention: $QK^\\top$ first, {size} in the middle\nmultiply-adds: {per_step} = {total:,}",
+            f"softmax attention：$QK^\\top$ が先、途中に{size}\n積和演算：{per_step} = {total:,}回",
+        ),
+        "factorized": lambda size, per_step, total: text(
+            f"factorized (CoaT): $G = \\mathrm{{softmax}}(K)^\\top V$ first, {size} in the middle\n"
+            f"multiply-adds: {per_step} = {total:,}",
+            f"分解型（CoaT）：$G = \\mathrm{{softmax}}(K)^\\top V$ が先、途中に{size}\n"
+            f"積和演算：{per_step} = {total:,}回",
+        ),
+    }
     note = text(
         f"one head: N = {N} tokens, d = {d} channels (d = C / heads); one unit per row and column",
         f"1ヘッド分：N = {N}トークン、d = {d}チャンネル（d = C / ヘッド数）。行と列を一つずつ1マスで描く",
     )
-    figure.text(0.5, 0.005, in_language(note, lang), ha="center", va="bottom", fontsize=FONT_SIZE - 2)
-    figure.subplots_adjust(left=0.0, right=1.0, top=1.0, bottom=0.3 / figure.get_figheight())
-    return figure
+    return draw_product_orders(product_order(N, d), chained="softmax", operands=_OPERANDS, titles=titles,
+                               note=note, N=N, lang=lang)  # fmt: skip
