@@ -190,9 +190,7 @@ def test_a_new_interpreter_measures_the_same_as_a_forked_process():
 
 def test_an_interrupted_run_resumes_without_losing_or_duplicating_rows(tmp_path):
     out = tmp_path / "r.csv"
-    # the large sizes keep the run going for seconds after its first row, even on a fast idle machine
-    sizes = "64,128,256,512,2048,4096,8192,16384"
-    command = [sys.executable, "-m", "attnlib.bench", "run", "--methods", "sdpa", "--sizes", sizes,
+    command = [sys.executable, "-m", "attnlib.bench", "run", "--methods", "sdpa", "--sizes", "64,128,256,512,2048,4096",
                "--repeats", "3", "--out", str(out)]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -206,7 +204,7 @@ def test_an_interrupted_run_resumes_without_losing_or_duplicating_rows(tmp_path)
     before = _rows_in(out)
     assert process.returncode == 130, stderr
     assert "run the same command again to resume" in stderr
-    assert 1 <= len(before) < 8  # stopped part-way, with every finished row on disk and well-formed
+    assert 1 <= len(before) < 6  # stopped part-way, with every finished row on disk and well-formed
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
     for server in servers:  # the run stopped its fork server and the measurement in it (the server's session)
         deadline = time.monotonic() + 10  # killed processes are gone once the system has reaped them
@@ -217,7 +215,7 @@ def test_an_interrupted_run_resumes_without_losing_or_duplicating_rows(tmp_path)
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     after = bench.read_results(out)
-    assert [row["N"] for row in after] == [int(n) for n in sizes.split(",")]  # each size once, in order
+    assert [row["N"] for row in after] == [64, 128, 256, 512, 2048, 4096]  # each size once, in order
     assert after[: len(before)] == before  # the finished rows were kept, not measured again
     assert os.path.getsize(out) > 0
 
@@ -360,9 +358,8 @@ def test_plot_of_a_missing_or_empty_file_is_a_usage_error(tmp_path, capsys):
 def test_a_second_run_on_the_same_out_is_refused_while_the_first_writes(tmp_path):
     """Two runs on one --out: the second stops at once with a usage error, the first keeps its rows."""
     out = tmp_path / "r.csv"
-    # 2000 calls at N = 4096: the first run outlasts the second's start-up, even on a fast idle machine
     first = [sys.executable, "-m", "attnlib.bench", "run", "--methods", "sdpa", "--sizes", "64,4096",
-             "--repeats", "2000", "--out", str(out)]  # fmt: skip
+             "--repeats", "200", "--out", str(out)]  # fmt: skip
     process = subprocess.Popen(first, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
