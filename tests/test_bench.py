@@ -188,11 +188,20 @@ def test_a_new_interpreter_measures_the_same_as_a_forked_process():
             assert abs(row["peak_mib"] - expected) < 0.1 * expected, row
 
 
+def _restore_default_sigint():
+    """Run in the child before exec: a shell that starts a job in the background without job
+    control leaves SIGINT ignored, and an ignored signal stays ignored across exec. The tests
+    below interrupt the run with SIGINT, as a reader's Ctrl-C would, so the child gets the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupted_run_resumes_without_losing_or_duplicating_rows(tmp_path):
     out = tmp_path / "r.csv"
     command = [sys.executable, "-m", "attnlib.bench", "run", "--methods", "sdpa", "--sizes", "64,128,256,512,2048,4096",
                "--repeats", "3", "--out", str(out)]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_restore_default_sigint
+    )
     deadline = time.monotonic() + 120
     while len(_rows_in(out)) < 1 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
@@ -360,7 +369,9 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_writes(tmp_path
     out = tmp_path / "r.csv"
     first = [sys.executable, "-m", "attnlib.bench", "run", "--methods", "sdpa", "--sizes", "64,4096",
              "--repeats", "200", "--out", str(out)]  # fmt: skip
-    process = subprocess.Popen(first, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        first, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_restore_default_sigint
+    )
     try:
         deadline = time.monotonic() + 120
         while len(_rows_in(out)) < 1 and time.monotonic() < deadline and process.poll() is None:
