@@ -131,6 +131,22 @@ def test_a_dashed_path_connects_its_dots_and_two_paths_do_not():
     assert not dots_connected(broken)
 
 
+
+def test_the_two_ends_of_a_dashed_path_look_alike():
+    """The dashes are symmetric: an end does not tell whether it is a walk's first or last cell.
+
+    With the dashes laid from the first cell only, the two ends differed, so a model could answer
+    "not connected" whenever both dots sat on ends of the same kind (a quarter of the maps) and
+    reach 0.75 without following any path."""
+    for length in range(3, 31):
+        for dash in (1, 2, 3):
+            cells = [(1, c) for c in range(1, length + 1)]
+            row = draw_paths(length + 2, [cells], [], dash=dash)[1, 1 : length + 1]
+            assert torch.equal(row, row.flip(0)), (length, dash, row)
+            gaps = (row == 0).int()
+            assert (gaps[1:] * gaps[:-1]).sum() == 0, (length, dash, row)  # never two gaps in a row
+            assert row[0] == row[-1] == PATH
+
 def test_pathfinder_labels_agree_with_a_flood_fill():
     images, labels = tasks.pathfinder(48, 24, generator=7)
     assert images.shape == (48, 1, 24, 24) and labels.dtype == torch.int64

@@ -12,7 +12,8 @@ anti-aliased paddles):
   right with probability ``turn_p`` at each step, never touch themselves, and keep at least
   ``SEPARATION - 1`` blank pixels away from the other path (so that a dash gap never bridges two
   paths);
-* a path is drawn dashed: ``dash`` pixels on, one pixel off, along the walk (value ``PATH``);
+* a path is drawn dashed: ``dash`` pixels on, one pixel off, laid from both ends towards the
+  middle so that the two ends look alike (value ``PATH``);
 * connected (label 1): the two dots (value ``DOT``) sit on the two ends of the first path;
   not connected (label 0): one dot on an end of each path. Every map has two paths, so the
   number of drawn pixels does not give the label away.
@@ -72,11 +73,20 @@ def _near(cells: list, radius: int) -> set:
 
 
 def draw_paths(side: int, paths: list, dots: list, *, dash: int = 2) -> torch.Tensor:
-    """A ``(side, side)`` map: each path (a list of (row, col) cells) dashed, ``dash`` on, 1 off; then the dots."""
+    """A ``(side, side)`` map: each path (a list of (row, col) cells) dashed, ``dash`` on, 1 off; then the dots.
+
+    The dashes are laid from both ends towards the middle, so that the two ends of a path look
+    alike: a path's first and last cells are never told apart by their dash pattern (which would
+    give away, for a quarter of the maps, that two dots are not on the same path). The one or two
+    middle cells are always drawn, so no gap is ever wider than one pixel.
+    """
     image = torch.zeros(side, side)
     for cells in paths:
+        last = len(cells) - 1
         for index, (r, c) in enumerate(cells):
-            if index % (dash + 1) < dash or index == len(cells) - 1:
+            from_nearest_end = min(index, last - index)
+            in_the_middle = abs(2 * index - last) <= 1
+            if from_nearest_end % (dash + 1) < dash or in_the_middle:
                 image[r, c] = PATH
     for r, c in dots:
         image[r, c] = DOT
