@@ -45,8 +45,11 @@ default run to fit 90 minutes on 2 CPU cores. Measured with dense attention, see
 * MQAR, N = 64, 4 pairs: 1.00 after 400 steps;
 * selective copying, N = 64: 8 tokens, 0.47 after 400 steps and 0.63 after 1000; 4 tokens (the
   default at N = 64), 0.88 after 1000 and 0.94 after 1400;
-* ListOps, N = 64, depth 3, up to 5 arguments: 0.47 after 400 steps, 0.55 after 1000 (up to 3
-  arguments: 0.55; 4 layers: 0.55; without nesting, depth 2: 0.76): below 0.9;
+* ListOps, N = 64, depth 3, up to 5 arguments, LRA's four operators: 0.47 after 400 steps, 0.55
+  after 1000, 0.60 after 4000 (up to 3 arguments: 0.55; 4 layers: 0.55; without nesting, depth 2:
+  0.76; the root token as the readout: 0.57). By operator: MIN and MAX only, 0.93 after 1000
+  steps (the default); MIN, MAX and MED, 0.75; SM alone without nesting, 0.15: the sum modulo 10
+  is what this budget does not learn;
 * vision, 28 x 28, with the mean over the tokens as the readout: Pathfinder-like 0.50 (chance)
   after 1000 steps (paths of 14 cells: 0.54 after 2000), same shape 0.50 after 600 steps (with
   2 shapes, or with the shapes on the patch grid: 0.50 after 500); with their maximum (the default):
@@ -145,11 +148,19 @@ def _mqar(batch, N, generator):
 
 def _listops(batch, N, generator):
     return tasks.listops(
-        batch, N, max_depth=LISTOPS_DEPTH, max_args=LISTOPS_ARGS, min_length=N // 8, generator=generator
+        batch,
+        N,
+        max_depth=LISTOPS_DEPTH,
+        max_args=LISTOPS_ARGS,
+        min_length=N // 8,
+        operators=LISTOPS_OPERATORS,
+        generator=generator,
     )
 
 
-LISTOPS_DEPTH, LISTOPS_ARGS = 3, 5
+# Nested MIN and MAX only: with LRA's SM (sum modulo 10) and MED, dense attention stays far below
+# 0.9 in this budget (the calibration), so the task would measure arithmetic, not the nesting
+LISTOPS_DEPTH, LISTOPS_ARGS, LISTOPS_OPERATORS = 3, 5, ("[MIN", "[MAX")
 
 
 def _copying(batch, N, generator):

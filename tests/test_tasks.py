@@ -5,7 +5,7 @@ import torch
 
 from attnlib import tasks
 from attnlib.tasks import IGNORE, dots_connected
-from attnlib.tasks.listops import PAD, decode, encode, evaluate
+from attnlib.tasks.listops import OPERATORS, PAD, decode, encode, evaluate
 from attnlib.tasks.pathfinder import DOT, PATH, draw_paths
 from attnlib.tasks.same_shape import SHAPES, STAMP, stamp
 from attnlib.tasks.selective_copying import NOISE, marker_id
@@ -59,6 +59,17 @@ def test_listops_labels_are_the_values_of_the_generated_expressions():
         length = (row != PAD).sum().item()
         assert 128 // 4 < length <= 128 and (row[length:] == PAD).all()  # LRA's length rule, padded at the end
     assert len(set(labels.tolist())) > 3
+
+
+def test_listops_draws_only_the_operators_asked_for():
+    inputs, labels = tasks.listops(
+        64, 64, max_depth=3, max_args=5, min_length=8, operators=("[MIN", "[MAX"), generator=3
+    )
+    used = {token for row in inputs for token in decode(row).split() if token.startswith("[")}
+    assert used == {"[MIN", "[MAX"}
+    assert [evaluate(decode(row)) for row in inputs] == labels.tolist()
+    every = tasks.listops(64, 64, max_depth=3, max_args=5, min_length=8, generator=3)[0]
+    assert {token for row in every for token in decode(row).split() if token.startswith("[")} == set(OPERATORS)
 
 
 def test_listops_respects_depth_and_arguments():
@@ -131,7 +142,6 @@ def test_a_dashed_path_connects_its_dots_and_two_paths_do_not():
     assert not dots_connected(broken)
 
 
-
 def test_the_two_ends_of_a_dashed_path_look_alike():
     """The dashes are symmetric: an end does not tell whether it is a walk's first or last cell.
 
@@ -146,6 +156,7 @@ def test_the_two_ends_of_a_dashed_path_look_alike():
             gaps = (row == 0).int()
             assert (gaps[1:] * gaps[:-1]).sum() == 0, (length, dash, row)  # never two gaps in a row
             assert row[0] == row[-1] == PATH
+
 
 def test_pathfinder_labels_agree_with_a_flood_fill():
     images, labels = tasks.pathfinder(48, 24, generator=7)
@@ -191,6 +202,8 @@ def test_shapes_are_distinct():
         (lambda: tasks.mqar(2, 64, power_a=0), "power_a"),
         (lambda: tasks.listops(2, 64, max_args=1), "max_args"),
         (lambda: tasks.listops(2, 64, min_length=64), "min_length"),
+        (lambda: tasks.listops(2, 64, operators=("[MAX", "[AVG")), "operators"),
+        (lambda: tasks.listops(2, 64, operators=()), "operators"),
         (lambda: tasks.listops(2, 64, max_depth=1), "min_length"),
         (lambda: tasks.listops(2, 0), "seq_len"),
         (lambda: tasks.selective_copying(2, 20, num_tokens=16), "seq_len"),

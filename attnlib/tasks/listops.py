@@ -114,19 +114,21 @@ def decode(ids: torch.Tensor) -> str:
     return " ".join(TOKENS[i] for i in ids.tolist() if i != PAD)
 
 
-def _tree(stream: UniformStream, depth: int, max_depth: int, max_args: int, budget: int) -> list[str] | None:
+def _tree(
+    stream: UniformStream, depth: int, max_depth: int, max_args: int, budget: int, operators=OPERATORS
+) -> list[str] | None:
     """LRA's ``generate_tree`` as a token list, or None once it is longer than ``budget`` tokens."""
     if depth < max_depth and stream.uniform() <= VALUE_P:
         num_args = 2 + stream.below(max_args - 1)  # random.randint(2, max_args)
         arguments = []
         length = 2
         for _ in range(num_args):
-            sub = _tree(stream, depth + 1, max_depth, max_args, budget - length)
+            sub = _tree(stream, depth + 1, max_depth, max_args, budget - length, operators)
             if sub is None:
                 return None
             arguments += sub
             length += len(sub)
-        operator = OPERATORS[stream.below(len(OPERATORS))]
+        operator = operators[stream.below(len(operators))]
         return [operator, *arguments, END] if length <= budget else None
     return [str(stream.below(10))] if budget >= 1 else None
 
@@ -138,12 +140,15 @@ def listops(
     max_depth: int = 10,
     max_args: int = 10,
     min_length: int | None = None,
+    operators: tuple[str, ...] = OPERATORS,
     generator=0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch`` ListOps expressions: ``(inputs (batch, seq_len) int64, labels (batch,) int64 in 0..9)``.
 
     Keeps the trees with ``min_length < length <= seq_len`` (LRA's rule with ``max_length =
     seq_len + 1``); ``min_length`` defaults to ``seq_len // 4`` (LRA: 500 of 2000).
+    ``operators``: the operators drawn from, LRA's four by default; a subset such as
+    ``("[MIN", "[MAX")`` keeps the nesting and drops the arithmetic (``[SM`` and ``[MED``).
     ``generator``: a CPU ``torch.Generator`` or an int seed (the same seed gives the same batch).
     """
     check_batch_size(batch)
@@ -152,6 +157,8 @@ def listops(
     check_positive_int("max_args", max_args)
     if max_args < 2:
         raise ValueError(f"max_args must be at least 2 (an operator has 2 .. max_args arguments), got {max_args}")
+    if not isinstance(operators, (tuple, list)) or not operators or any(op not in OPERATORS for op in operators):
+        raise ValueError(f"operators must be a non-empty tuple drawn from {OPERATORS}, got {operators!r}")
     if min_length is None:
         min_length = seq_len // 4
     if isinstance(min_length, bool) or not isinstance(min_length, int) or not 0 <= min_length < seq_len:
@@ -163,7 +170,7 @@ def listops(
     labels = torch.empty(batch, dtype=torch.int64)
     for row in range(batch):
         for _ in range(MAX_TRIES):
-            tokens = _tree(stream, 1, max_depth, max_args, seq_len)
+            tokens = _tree(stream, 1, max_depth, max_args, seq_len, tuple(operators))
             if tokens is not None and len(tokens) > min_length:
                 break
         else:
