@@ -27,7 +27,7 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, monkeypatch):
     assert quality.main(["--out", str(out), "--tiny", "--methods", FEW, "--no-progress"]) == 0
     first, rows = read(out)
     assert first.startswith("# measured ") and "torch " in first and "attnlib " in first
-    assert {row["task"] for row in rows} == set(quality.TASK_SETTINGS)
+    assert {row["task"] for row in rows} == set(quality.DEFAULT_TASKS)
     for row in rows:
         assert row["status"] == "ok", row["error"]
         assert 0 <= float(row["accuracy"]) <= 1
