@@ -73,6 +73,9 @@ class Method:
     exactness: str | None = None
     # one of APPROXIMATES_SOFTMAX, or None where the question does not arise
     approximates_softmax: str | None = None
+    # True when attention() refuses causal=False: the method has no bidirectional form (a scan
+    # forward in time); a model that attends both ways runs it causal instead
+    causal_only: bool = False
 
     def __post_init__(self):
         if self.category not in CATEGORIES:
@@ -437,6 +440,7 @@ METHODS: list[Method] = [
         approximates_softmax="no",
         chapter="17_state_space.ipynb",
         bench_kwargs={"chunk_size": 64},
+        causal_only=True,
     ),
 ]
 

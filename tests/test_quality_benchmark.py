@@ -159,3 +159,17 @@ def test_the_old_quality_csv_still_reads():
 def test_tiny_run_on_cuda(tmp_path):
     out = tmp_path / "arena.csv"
     assert quality.main(["--out", str(out), "--tiny", "--methods", "dense", "--device", "cuda", "--no-progress"]) == 0
+
+
+def test_a_causal_only_method_trains_causally(tmp_path):
+    """SSD has no bidirectional form (its state runs forward in time): the arena runs it causal, not as an error."""
+    assert registry.get("ssd").causal_only and not registry.get("dense").causal_only
+    out = tmp_path / "arena.csv"
+    argv = ["--out", str(out), "--tiny", "--tasks", "mqar,listops", "--methods", "ssd,dense", "--no-progress"]
+    assert quality.main(argv) == 0
+    _, rows = read(out)
+    assert all(row["status"] == "ok" for row in rows), [row["error"] for row in rows]
+    setting = quality.TASK_SETTINGS["mqar"]
+    attention = quality.build_model(setting, registry.get("ssd"), 64).blocks[0].attn
+    assert attention.causal
+    assert not quality.build_model(setting, registry.get("dense"), 64).blocks[0].attn.causal
