@@ -11,8 +11,11 @@ Conventions: *speed* is ``time(baseline) / time(method)`` (above 1 is faster), *
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from . import bench, registry
 
@@ -25,6 +28,12 @@ __all__ = [
     "interactive_cost_figure",
     "format_ratio",
     "example_patterns",
+    "ARENA_FIELDS",
+    "ArenaCell",
+    "read_arena",
+    "arena_summary",
+    "cannot_tell_apart",
+    "LRA_ACCURACY",
 ]
 
 # Long Range Arena (Tay et al., ICLR 2021, Table 2; TPU v3, batch 32): speed relative to the vanilla
@@ -231,3 +240,108 @@ def example_patterns(side: int = 14) -> dict[str, object]:
         "maxvit (block)": maxvit_pattern(side, side, "block", window),
         "maxvit (grid)": maxvit_pattern(side, side, "grid", window),
     }
+
+
+# --------------------------------------------------------------------------- accuracy (the arena)
+# Long Range Arena (Tay et al., ICLR 2021, Table 1): test accuracy in % on ListOps and Pathfinder,
+# for the methods the book has (Linear Trans. is Katharopoulos et al.'s linear attention); the same numbers are the
+# leaderboard of the released repository's README (google-research/long-range-arena, as of 8 November 2020)
+LRA_ACCURACY = {
+    "dense": {"ListOps": 36.37, "Pathfinder": 71.40},
+    "reformer": {"ListOps": 37.27, "Pathfinder": 68.50},
+    "bigbird": {"ListOps": 36.05, "Pathfinder": 74.87},
+    "linear": {"ListOps": 16.13, "Pathfinder": 75.30},
+    "performer": {"ListOps": 18.01, "Pathfinder": 77.05},
+    "linformer": {"ListOps": 35.70, "Pathfinder": 76.34},
+}
+
+# The columns of the arena's CSV (``benchmarks/quality.py``): the configuration, then the results
+ARENA_KEY_FIELDS = [
+    "task",
+    "kind",
+    "size",
+    "tokens",
+    "method",
+    "seed",
+    "steps",
+    "batch",
+    "lr",
+    "test_examples",
+    "device",
+]
+ARENA_FIELDS = ARENA_KEY_FIELDS + ["params", "accuracy", "final_loss", "train_s", "status", "error"]
+
+
+def read_arena(path) -> tuple[str, list[dict]]:
+    """The provenance line (date, machine, versions) and the rows of an arena CSV.
+
+    ValueError when the file is not one written by ``benchmarks/quality.py``.
+    """
+    path = Path(path)
+    with path.open(newline="") as handle:
+        first = handle.readline()
+        reader = csv.DictReader(handle)
+        if not first.startswith("#") or reader.fieldnames != ARENA_FIELDS:
+            raise ValueError(f"{path.name!r} is not a results file of benchmarks/quality.py (columns {ARENA_FIELDS})")
+        return first.lstrip("# ").strip(), list(reader)
+
+
+@dataclass(frozen=True)
+class ArenaCell:
+    """One method on one task: its test accuracy over the seeds, and its training time."""
+
+    mean: float  # mean accuracy over the seeds
+    low: float  # the lowest and the highest seed: the spread
+    high: float
+    seeds: int
+    seconds_per_step: float  # mean training time per step over the seeds (CPU, in the run's workers)
+
+
+def arena_summary(rows: Sequence[dict]) -> dict[str, dict[str, ArenaCell | str]]:
+    """task -> method -> :class:`ArenaCell`, at the largest size every method of the task trained.
+
+    A method the run skipped there (the parameter rule could not be met) maps to its reason, a str.
+    ValueError if a row failed, or if a task has no size that every one of its methods trained.
+    """
+    failed = [row for row in rows if row["status"] == "error"]
+    if failed:
+        row = failed[0]
+        raise ValueError(f"rows failed, e.g. {row['task']} {row['method']} seed {row['seed']}: {row['error']}")
+    summary: dict[str, dict[str, ArenaCell | str]] = {}
+    for task in dict.fromkeys(row["task"] for row in rows):
+        mine = [row for row in rows if row["task"] == task]
+        methods = list(dict.fromkeys(row["method"] for row in mine))
+        trained = [
+            int(size)
+            for size in {row["size"] for row in mine}
+            if all(
+                any(r["method"] == name and r["size"] == size and r["status"] in ("ok", "skipped") for r in mine)
+                for name in methods
+            )
+        ]
+        if not trained:
+            raise ValueError(f"task {task!r} has no size that every one of its methods trained")
+        size = str(max(trained))
+        cells: dict[str, ArenaCell | str] = {}
+        for name in methods:
+            at_size = [row for row in mine if row["method"] == name and row["size"] == size]
+            ok = [row for row in at_size if row["status"] == "ok"]
+            if not ok:
+                cells[name] = at_size[0]["error"]
+                continue
+            accuracies = [float(row["accuracy"]) for row in ok]
+            per_step = [float(row["train_s"]) / int(row["steps"]) for row in ok]
+            cells[name] = ArenaCell(
+                mean=sum(accuracies) / len(accuracies),
+                low=min(accuracies),
+                high=max(accuracies),
+                seeds=len(ok),
+                seconds_per_step=sum(per_step) / len(per_step),
+            )
+        summary[task] = cells
+    return summary
+
+
+def cannot_tell_apart(a: ArenaCell, b: ArenaCell) -> bool:
+    """True when the two methods' ranges over the seeds overlap: these seeds do not separate them."""
+    return a.low <= b.high and b.low <= a.high

@@ -115,3 +115,50 @@ def test_a_zero_time_gives_no_ratio_instead_of_dividing_by_zero():
     assert math.isnan(table["odd"][4096][0])  # a zero baseline time gives no ratio, not 0x
     assert table["odd"][1024][0] == pytest.approx(1e-9 * 1024**2 / (1e-6 * 1024))
     assert compare.format_ratio(table["fast"][1024][0]) == "-"
+
+
+# ---------------------------------------------------------------- the accuracy arena
+def arena_row(task, method, seed, accuracy, *, size=64, status="ok", train_s=10.0, steps=100, error=""):
+    row = dict.fromkeys(compare.ARENA_FIELDS, "")
+    row.update(task=task, kind="language", size=str(size), method=method, seed=str(seed), steps=str(steps),
+               accuracy="" if accuracy is None else str(accuracy), train_s=str(train_s), status=status,
+               error=error)  # fmt: skip
+    return row
+
+
+def test_arena_summary_gives_mean_spread_and_time_per_step():
+    rows = [arena_row("mqar", "dense", seed, acc, train_s=10.0 + seed) for seed, acc in enumerate((0.9, 1.0, 0.95))]
+    rows += [arena_row("mqar", "linear", seed, acc) for seed, acc in enumerate((0.1, 0.3, 0.2))]
+    cells = compare.arena_summary(rows)["mqar"]
+    dense, linear = cells["dense"], cells["linear"]
+    assert dense.mean == pytest.approx(0.95) and (dense.low, dense.high, dense.seeds) == (0.9, 1.0, 3)
+    assert dense.seconds_per_step == pytest.approx(0.11)  # (10 + 11 + 12) / 3 s over 100 steps
+    assert linear.mean == pytest.approx(0.2)
+    assert not compare.cannot_tell_apart(dense, linear)
+    assert compare.cannot_tell_apart(linear, compare.ArenaCell(0.35, 0.3, 0.4, 3, 0.1))  # 0.3 in both ranges
+    assert compare.cannot_tell_apart(dense, dense)
+
+
+def test_arena_summary_takes_the_largest_size_every_method_trained_and_keeps_skips():
+    rows = [arena_row("mqar", name, 0, 0.5, size=size) for name in ("dense", "bigbird") for size in (64, 128)]
+    rows += [arena_row("mqar", "dense", 0, 0.9, size=256)]  # bigbird has no row at 256
+    rows += [arena_row("mqar", "wide", 0, None, size=size, status="skipped", error="too many parameters")
+             for size in (64, 128)]  # fmt: skip
+    cells = compare.arena_summary(rows)["mqar"]
+    assert cells["dense"].mean == 0.5  # at 128, not 256
+    assert cells["wide"] == "too many parameters"
+
+
+def test_arena_summary_refuses_failed_rows_and_untrained_tasks():
+    with pytest.raises(ValueError, match="failed"):
+        compare.arena_summary([arena_row("mqar", "dense", 0, None, status="error", error="boom")])
+    rows = [arena_row("mqar", "dense", 0, 0.9, size=64), arena_row("mqar", "linear", 0, 0.2, size=128)]
+    with pytest.raises(ValueError, match="no size"):
+        compare.arena_summary(rows)
+
+
+def test_read_arena_refuses_another_csv(tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("# a header\nmethod,N\n")
+    with pytest.raises(ValueError, match="quality.py"):
+        compare.read_arena(other)
