@@ -162,3 +162,25 @@ def test_read_arena_refuses_another_csv(tmp_path):
     other.write_text("# a header\nmethod,N\n")
     with pytest.raises(ValueError, match="quality.py"):
         compare.read_arena(other)
+
+
+def test_the_committed_arena_has_every_registered_method_of_each_kind():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import quality
+
+    provenance, rows = compare.read_arena(bench.results_path("cpu_arena.csv"))
+    assert provenance.startswith("measured ") and "torch" in provenance
+    assert {row["task"] for row in rows} == set(quality.DEFAULT_TASKS)
+    for task in quality.DEFAULT_TASKS:
+        kind = quality.TASK_SETTINGS[task].kind
+        mine = [row for row in rows if row["task"] == task]
+        assert {row["method"] for row in mine} == set(quality.methods_of_kind(kind)), task
+        for method in {row["method"] for row in mine}:
+            seeds = {row["seed"] for row in mine if row["method"] == method and row["status"] in ("ok", "skipped")}
+            assert len(seeds) >= 3, (task, method)
+    summary = compare.arena_summary(rows)
+    for task, cells in summary.items():  # the calibration holds in the committed run: dense reaches 0.9
+        assert cells["dense"].mean >= 0.9, (task, cells["dense"])

@@ -147,14 +147,6 @@ def test_refuses_a_file_of_another_program(tmp_path, capsys):
     assert other.read_text() == "a,b\n1,2\n"
 
 
-def test_the_old_quality_csv_still_reads():
-    path = ROOT / "benchmarks" / "results" / "cpu_quality.csv"
-    with path.open() as handle:
-        assert handle.readline().startswith("# measured")
-        rows = list(csv.DictReader(handle))
-    assert {"method", "N", "accuracy"} <= set(rows[0])
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_tiny_run_on_cuda(tmp_path):
     out = tmp_path / "arena.csv"
