@@ -311,14 +311,9 @@ def arena_summary(rows: Sequence[dict]) -> dict[str, dict[str, ArenaCell | str]]
     for task in dict.fromkeys(row["task"] for row in rows):
         mine = [row for row in rows if row["task"] == task]
         methods = list(dict.fromkeys(row["method"] for row in mine))
-        trained = [
-            int(size)
-            for size in {row["size"] for row in mine}
-            if all(
-                any(r["method"] == name and r["size"] == size and r["status"] in ("ok", "skipped") for r in mine)
-                for name in methods
-            )
-        ]
+        finished = {(row["method"], row["size"]) for row in mine if row["status"] in ("ok", "skipped")}
+        sizes = {row["size"] for row in mine}
+        trained = [int(size) for size in sizes if all((name, size) in finished for name in methods)]
         if not trained:
             raise ValueError(f"task {task!r} has no size that every one of its methods trained")
         size = str(max(trained))
