@@ -165,3 +165,53 @@ def test_a_causal_only_method_trains_causally(tmp_path):
     attention = quality.build_model(setting, registry.get("ssd"), 64).blocks[0].attn
     assert attention.causal
     assert not quality.build_model(setting, registry.get("dense"), 64).blocks[0].attn.causal
+
+
+class NoMixing(torch.nn.Module):
+    """A token mixer that mixes nothing: every token stays what it was (the block adds it once more)."""
+
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+def test_the_vision_readout_cannot_compare_tokens():
+    # Two shapes on disjoint patches, left and right. Without a mixer, a readout that is a sum of
+    # one term per token gives logits(both) + logits(none) == logits(left) + logits(right); a maximum
+    # over the tokens would not, and could tell "one shape" from "two" without any mixing.
+    torch.manual_seed(0)
+    side = 28
+    model = quality.VisionModel(side, 2, lambda dim, heads, h, w: NoMixing(), dim=16).eval()
+    with torch.no_grad():
+        for block in model.blocks:  # no near-zero output layer: the test must not pass by accident
+            torch.nn.init.normal_(block.mlp[2].weight, std=0.5)
+    left, right = torch.zeros(1, 1, side, side), torch.zeros(1, 1, side, side)
+    left[0, 0, 4:9, 2:7] = torch.rand(5, 5) + 0.5
+    right[0, 0, 14:19, 20:25] = torch.rand(5, 5) + 0.5
+    with torch.no_grad():
+        both, none = model(left + right), model(torch.zeros_like(left))
+        one_each = model(left) + model(right)
+    assert (both - model(left)).abs().max() > 1e-3  # the right shape changes the logits
+    torch.testing.assert_close(both + none, one_each, atol=1e-5, rtol=1e-5)
+
+
+def test_pvt_in_the_arena_draws_its_keys_from_the_whole_map():
+    # PVT's first-stage R = 8 on 14 x 14 tokens keeps one 8 x 8 key cell: the other tokens are never keys
+    model = quality.build_model(quality.TASK_SETTINGS["same_shape"], registry.get("pvt"), 28)
+    tokens = 28 // quality.PATCH
+    for block in model.blocks:
+        ratio = block.mixer.sr_ratio
+        assert tokens % ratio == 0 and (tokens // ratio) ** 2 > 1, ratio
+
+
+def test_dat_in_the_arena_samples_a_grid_of_keys_not_four():
+    # DAT++'s first-stage stride 8 on 14 x 14 tokens leaves a 2 x 2 reference grid: 4 keys for 196 queries
+    model = quality.build_model(quality.TASK_SETTINGS["same_shape"], registry.get("dat"), 28)
+    for block in model.blocks:
+        rows, cols = block.mixer.grid_size
+        assert rows * cols == 49, (rows, cols)
+
+
+def test_swin_in_the_arena_alternates_regular_and_shifted_windows():
+    model = quality.build_model(quality.TASK_SETTINGS["same_shape"], registry.get("swin"), 28)
+    shifts = [block.mixer.shift_size for block in model.blocks]
+    assert shifts == [0, 3][: quality.LAYERS], shifts
