@@ -24,8 +24,8 @@ time, so that a method added to the registry joins without a change here:
   :data:`PARAM_TOLERANCE` (10 %): a mixer without parameters (PoolFormer) gets wider channels.
   The registry's mixer is used as it is, except where its setting is sized for a larger map
   (:data:`SMALL_MAP_MIXERS`: PVT's key reduction and DAT's reference grid, set as their papers
-  set them on a map of this size), and Swin, whose blocks alternate regular and shifted windows
-  (:data:`LAYERED_MIXERS`).
+  set them on a map of this size), and Swin and MaxViT, whose blocks alternate two kinds of
+  attention, regular and shifted windows, block and grid attention (:data:`LAYERED_MIXERS`).
 
 The short convolution lets a token see its left neighbour (as the short convolutions of H3 and
 Based do), so that MQAR's key and value are bound in every method alike; reaching
@@ -174,10 +174,21 @@ def _swin_regular_window(dim: int, heads: int, height: int, width: int):
     return SwinWindowAttention2d(dim, heads, window_size=7, shift_size=0, input_resolution=(height, width))
 
 
-# Mixers that differ from layer to layer, one factory per layer: Swin alternates regular windows
+def _maxvit_block_attention(dim: int, heads: int, height: int, width: int):
+    from attnlib.sparse.maxvit import MaxViTPartitionAttention2d
+
+    return MaxViTPartitionAttention2d(dim, heads, partition_type="block", partition_size=7)
+
+
+# Mixers that differ from layer to layer, one factory per layer. Swin alternates regular windows
 # (W-MSA) and shifted ones (SW-MSA) in consecutive blocks (Liu et al. 2021, Eq. (3)); the registry's
 # factory is the shifted layer, which alone would keep every token inside one window in every layer.
-LAYERED_MIXERS = {"swin": lambda method: [_swin_regular_window, method.mixer_factory()]}
+# MaxViT's block runs block attention (local windows), then grid attention (Tu et al. 2022, Sec. 3.2);
+# the registry's factory is the grid layer.
+LAYERED_MIXERS = {
+    "swin": lambda method: [_swin_regular_window, method.mixer_factory()],
+    "maxvit": lambda method: [_maxvit_block_attention, method.mixer_factory()],
+}
 
 
 def mixer_factories(method: registry.Method) -> list[Callable]:

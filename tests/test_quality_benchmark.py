@@ -215,3 +215,9 @@ def test_swin_in_the_arena_alternates_regular_and_shifted_windows():
     model = quality.build_model(quality.TASK_SETTINGS["same_shape"], registry.get("swin"), 28)
     shifts = [block.mixer.shift_size for block in model.blocks]
     assert shifts == [0, 3][: quality.LAYERS], shifts
+
+
+def test_maxvit_in_the_arena_runs_block_then_grid_attention():
+    model = quality.build_model(quality.TASK_SETTINGS["same_shape"], registry.get("maxvit"), 28)
+    kinds = [block.mixer.partition_type for block in model.blocks]
+    assert kinds == ["block", "grid"][: quality.LAYERS], kinds
