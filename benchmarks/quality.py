@@ -22,10 +22,10 @@ time, so that a method added to the registry joins without a change here:
   ``LAYERS`` pre-norm blocks of mixer and MLP, the mean over the tokens, a linear head). The
   width is chosen per method so that every model has the dense model's parameter count within
   :data:`PARAM_TOLERANCE` (10 %): a mixer without parameters (PoolFormer) gets wider channels.
-  The registry's mixer is used as it is, except where its setting is sized for a larger map
-  (:data:`SMALL_MAP_MIXERS`: PVT's key reduction and DAT's reference grid, set as their papers
-  set them on a map of this size), and Swin and MaxViT, whose blocks alternate two kinds of
-  attention, regular and shifted windows, block and grid attention (:data:`LAYERED_MIXERS`).
+  The registry's mixer is used as it is, except in :data:`ARENA_MIXERS`: PVT's key reduction
+  and DAT's reference grid, set as their papers set them on a map of this size, and Swin and
+  MaxViT, whose blocks alternate two kinds of attention (regular and shifted windows; block and
+  grid attention).
 
 The short convolution lets a token see its left neighbour (as the short convolutions of H3 and
 Based do), so that MQAR's key and value are bound in every method alike; reaching
@@ -63,7 +63,7 @@ default run to fit 90 minutes on 2 CPU cores. Measured with dense attention, see
   0.89, 0.85 and 0.86; 1500 steps in the first run); but PoolFormer reached 1.00 with a reach
   smaller than the gap between the shapes: the maximum compares by itself (see
   :class:`VisionModel`). That run also gave PVT and DAT their first-stage settings, one key cell
-  and four sampled keys on this map (:data:`SMALL_MAP_MIXERS` now). With the mean over the
+  and four sampled keys on this map (:data:`ARENA_MIXERS` now). With the mean over the
   tokens and a linear head instead: dense attention 0.81 after 1000 steps, 0.88 after 2000 (0.76
   after 1500 at lr 5e-3; 0.79 after 1000 with batch 64; 3 shapes instead of 6, 0.90 after 1500),
   and PoolFormer 0.46 after 1000. With the overlapping patch embedding (``STEM``, the model now):
@@ -122,6 +122,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import attnlib  # noqa: E402
 from attnlib import bench, compare, registry, tasks  # noqa: E402
+from attnlib.sparse.dat import DeformableAttention  # noqa: E402
+from attnlib.sparse.maxvit import MaxViTPartitionAttention2d, maxvit_mixer  # noqa: E402
+from attnlib.sparse.pvt import SpatialReductionAttention  # noqa: E402
+from attnlib.sparse.swin import SwinWindowAttention2d, swin_mixer  # noqa: E402
 from attnlib.tasks import IGNORE  # noqa: E402
 from attnlib.tasks.listops import VOCAB_SIZE as LISTOPS_VOCAB  # noqa: E402
 
@@ -144,60 +148,50 @@ SHORT_SEQUENCE_KWARGS = {
 }
 
 
-def _pvt_on_a_small_map(dim: int, heads: int, height: int, width: int):
+def _pvt_on_a_small_map(dim: int, heads: int, height: int, width: int) -> SpatialReductionAttention:
     # PVT-Small reduces its keys to a 7 x 7 map in every stage (R = 8, 4, 2, 1 on maps of 56, 28, 14
     # and 7 tokens a side). The registry's R = 8 is its first stage's: on the arena's 14 x 14 tokens it
     # would leave one key cell, the top-left 8 x 8 tokens, and never show the other rows and columns.
-    from attnlib.sparse.pvt import SpatialReductionAttention
-
     return SpatialReductionAttention(dim, heads, sr_ratio=max(1, min(height, width) // 7))
 
 
-def _dat_on_a_small_map(dim: int, heads: int, height: int, width: int):
+def _dat_on_a_small_map(dim: int, heads: int, height: int, width: int) -> DeformableAttention:
     # DAT++-Tiny (configs/dat_tiny.yaml of the official code) samples a 7 x 7 reference grid in every
     # stage too: strides 8, 4, 2, 1 with offset kernels 9, 7, 5, 3 on maps of 56 .. 7 tokens a side. The
     # registry's stride 8 and kernel 9 are its first stage's: on 14 x 14 tokens they would sample 4 keys.
-    from attnlib.sparse.dat import DeformableAttention
-
     stride = max(1, min(height, width) // 7)
     kernel = {8: 9, 4: 7, 2: 5, 1: 3}.get(stride, 2 * stride + 1)
     return DeformableAttention(dim, heads, height, width, n_groups=1, stride=stride, offset_kernel_size=kernel)
 
 
-# Vision mixers whose registry setting is sized for a larger map, set as their paper sets them at
-# the arena's map size (the registry's factory is used for every other method)
-SMALL_MAP_MIXERS = {"pvt": _pvt_on_a_small_map, "dat": _dat_on_a_small_map}
-
-
-def _swin_regular_window(dim: int, heads: int, height: int, width: int):
-    from attnlib.sparse.swin import SwinWindowAttention2d
-
+def _swin_regular_windows(dim: int, heads: int, height: int, width: int) -> SwinWindowAttention2d:
     return SwinWindowAttention2d(dim, heads, window_size=7, shift_size=0, input_resolution=(height, width))
 
 
-def _maxvit_block_attention(dim: int, heads: int, height: int, width: int):
-    from attnlib.sparse.maxvit import MaxViTPartitionAttention2d
-
+def _maxvit_block_attention(dim: int, heads: int, height: int, width: int) -> MaxViTPartitionAttention2d:
     return MaxViTPartitionAttention2d(dim, heads, partition_type="block", partition_size=7)
 
 
-# Mixers that differ from layer to layer, one factory per layer. Swin alternates regular windows
-# (W-MSA) and shifted ones (SW-MSA) in consecutive blocks (Liu et al. 2021, Eq. (3)); the registry's
-# factory is the shifted layer, which alone would keep every token inside one window in every layer.
-# MaxViT's block runs block attention (local windows), then grid attention (Tu et al. 2022, Sec. 3.2);
-# the registry's factory is the grid layer.
-LAYERED_MIXERS = {
-    "swin": lambda method: [_swin_regular_window, method.mixer_factory()],
-    "maxvit": lambda method: [_maxvit_block_attention, method.mixer_factory()],
+# The vision mixers the arena does not take from the registry as they are: method -> the mixer
+# factory of each layer, repeated over the LAYERS blocks. The registry's setting is one benchmark
+# layer, sized for a larger map; here each is set as its paper sets it on the arena's 14 x 14 tokens:
+# * PVT's key reduction and DAT's reference grid, for a map of this size (one factory, every layer);
+# * Swin alternates regular windows (W-MSA) and shifted ones (SW-MSA, the registry's) in consecutive
+#   blocks (Liu et al. 2021, Eq. (3)): shifted windows alone keep every token inside one window;
+# * MaxViT's block runs block attention (local windows), then grid attention (the registry's)
+#   (Tu et al. 2022, Sec. 3.2).
+ARENA_MIXERS = {
+    "pvt": [_pvt_on_a_small_map],
+    "dat": [_dat_on_a_small_map],
+    "swin": [_swin_regular_windows, swin_mixer],
+    "maxvit": [_maxvit_block_attention, maxvit_mixer],
 }
 
 
 def mixer_factories(method: registry.Method) -> list[Callable]:
     """The method's token-mixer factory for each of the ``LAYERS`` vision blocks."""
-    if method.name in LAYERED_MIXERS:
-        layered = LAYERED_MIXERS[method.name](method)
-        return [layered[layer % len(layered)] for layer in range(LAYERS)]
-    return [SMALL_MAP_MIXERS.get(method.name) or method.mixer_factory()] * LAYERS
+    per_layer = ARENA_MIXERS.get(method.name) or [method.mixer_factory()]
+    return [per_layer[layer % len(per_layer)] for layer in range(LAYERS)]
 
 
 class ParameterBudgetError(ValueError):

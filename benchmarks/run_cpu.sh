@@ -39,5 +39,5 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" benchmarks/ssm_cpu.py --out benchmarks/results/cpu_ssm.csv
 # The accuracy arena (benchmarks/quality.py: every registered method on generated tasks, several
 # seeds) is its own run, about 75 minutes on 2 cores (December 2026: the language tasks about 40, the
-# vision task about 35):
+# vision task about 32):
 #   "$PY" benchmarks/quality.py --out benchmarks/results/cpu_arena.csv
