@@ -42,8 +42,17 @@ def _walk(stream: UniformStream, side: int, length: int, turn_p: float, blocked:
     if (row, col) in blocked:
         return None
     direction = stream.below(4)
-    cells = [(row, col)]
-    own = {(row, col)}
+    return _extend_walk(stream, side, [(row, col)], {(row, col)}, length, turn_p, blocked, direction)
+
+
+def _extend_walk(
+    stream: UniformStream, side: int, cells: list, own: set, length: int, turn_p: float, blocked: set, direction: int
+) -> list | None:
+    """``cells`` walked on to ``length`` cells (its new cells added to ``own``), or None when it gets stuck.
+
+    Each step goes straight, or turns right or left with probability ``turn_p``; it never leaves
+    the map's inner cells, enters ``blocked`` or ``own``, or touches an older cell than the last.
+    """
     while len(cells) < length:
         turn = stream.uniform()
         side_first = 1 if stream.uniform() < 0.5 else 3  # which turn to try first: right or left
