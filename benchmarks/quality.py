@@ -79,24 +79,20 @@ default run to fit 90 minutes on 2 CPU cores. Measured with dense attention, see
   from both ends (the generator now), with the maximum: 0.69 after 600 steps, 0.76 after 2000; on
   16 x 16 maps with paths of 10 cells, 0.67 after 1500. The model now (the stem, the mean): 0.49
   after 1000, its loss still log 2; with 4 layers, 0.49 after 2000 (loss log 2); the stem with
-  the maximum readout, 0.54 after 2000. Two more constructions, each against a shortcut (the
-  model now, 1000 steps, seed 0): with the distance between the dots matched in the two classes
-  (a map kept only when its connected and its unconnected pair of ends lie within 1 px of the
-  same distance), paths of 14 cells gave 0.51 (the mean readout) and 0.57 (the maximum), paths
-  of 8 cells 0.51 and 0.78 (the maximum with 4 layers: 0.60; with fixed sine-cosine positions:
-  0.60). With the dots always on the two ends of one path, a second path beside it, and one of
-  the two cut by a gap of 3 cells (at least 3 cells from its ends; label 1 when the dots' path is
-  the whole one, so that the dots' positions tell nothing and a negative map's dots lie on two
-  curves, as in LRA): paths of 12 cells, dense attention 0.99 but PoolFormer 0.82, and the gap's
-  place alone (its distances to the two dots, summed, minus theirs) is right on 0.97 of the maps;
-  paths of 16 cells (gap at least 4 cells from the ends; that rule alone: 0.92), dense attention
-  0.53, its loss log 2; 20 cells (6; 0.88), 0.65 with the maximum. Growing the second path
-  from a cell 3 px beside the first one's gap, so that both places a gap can take lie 3 px apart,
-  still leaves that rule right on 0.91 of the maps with paths of 12 cells (0.80 with 16). A
-  threshold on the distance between the two dots alone is right on 0.64 of the default maps
-  (0.89 with paths of 8 cells, which is why short paths do not make a fair task). No variant
-  gave dense attention 0.9 where neither a shortcut nor local mixing does nearly as well:
-  Pathfinder is left out of the default run (``--tasks pathfinder`` runs it), as a task that
+  the maximum readout, 0.54 after 2000. Two more constructions, each against a shortcut, built by
+  ``benchmarks/pathfinder_variants.py`` (the model now, 1000 steps, seed 0). With the distance
+  between the dots matched in the two classes (``matched``), paths of 14 cells gave 0.51 (the
+  mean readout) and 0.57 (the maximum), paths of 8 cells 0.51 and 0.78 (the maximum with 4
+  layers: 0.60). With the dots always on the two ends of one path and one of two paths cut by a
+  gap of 3 cells (``cut``: the dots' positions tell nothing), paths of 12 cells: dense attention
+  0.98, but PoolFormer 0.93, and the script's rule on where the gap lies relative to the dots is
+  right on 0.99 of the maps; paths of 16 cells (that rule: 0.94), dense attention 0.52, its loss
+  log 2. With both places a gap can take 3 px apart (``twin``), the rule falls to 0.90 with paths
+  of 12 cells (dense attention 0.97, PoolFormer 0.94) and 0.78 with 16 (dense attention
+  0.61). A threshold on the distance between the two dots alone is right on 0.64 of the
+  default maps (0.89 with paths of 8 cells, which is why short paths do not make a fair task).
+  No variant gave dense attention 0.9 where neither a shortcut nor local mixing does nearly as
+  well: Pathfinder is left out of the default run (``--tasks pathfinder`` runs it), as a task that
   this model and budget cannot calibrate; LRA's Transformer reaches 71.4 % on its Pathfinder
   (Table 1).
 
@@ -229,6 +225,7 @@ class TaskSetting:
     lr: float = 3e-3
     note: str = ""
     in_default_run: bool = True  # False: dense attention does not reach 0.9 in the budget (the calibration)
+    readout: str = "mean"  # vision: "mean" over the tokens, or "max" (the first model's; see VisionModel)
 
 
 MQAR_VOCAB = 64
@@ -372,12 +369,20 @@ class VisionModel(nn.Module):
     mixer. A maximum over the tokens would compare by itself: with a mixer that mixes nothing, a
     model reading the maximum still tells "one shape" from "two shapes" (the first arena run,
     which read the maximum, measured that: PoolFormer solved the same-shape task with a reach of
-    10 x 10 px, smaller than the gap between the shapes).
+    10 x 10 px, smaller than the gap between the shapes). ``readout="max"`` builds that first
+    readout, for the calibration runs that compare the two.
     """
 
-    def __init__(self, side: int, classes: int, factory: Callable | list[Callable], dim: int, heads=HEADS):
+    READOUTS = ("mean", "max")
+
+    def __init__(
+        self, side: int, classes: int, factory: Callable | list[Callable], dim: int, heads=HEADS, readout="mean"
+    ):
         """``factory``: the token mixer's factory, ``(dim, heads, height, width) -> module``, or one per layer."""
         super().__init__()
+        if readout not in self.READOUTS:
+            raise ValueError(f"readout must be one of {self.READOUTS}, got {readout!r}")
+        self.readout = readout
         tokens = side // PATCH
         factories = list(factory) if isinstance(factory, (list, tuple)) else [factory] * LAYERS
         self.patch = nn.Conv2d(1, dim, STEM, stride=PATCH, padding=(STEM - PATCH) // 2)  # (B, C, side/2, side/2)
@@ -389,7 +394,10 @@ class VisionModel(nn.Module):
         x = self.patch(images).permute(0, 2, 3, 1) + self.position  # (B, h, w, C)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x).mean(dim=(1, 2)))  # (B, classes): one term per token, summed
+        x = self.norm(x)
+        if self.readout == "max":
+            return self.head(x.amax(dim=(1, 2)))  # (B, classes): the largest value of each channel
+        return self.head(x.mean(dim=(1, 2)))  # (B, classes): one term per token, summed
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -414,14 +422,15 @@ def build_model(setting: TaskSetting, method: registry.Method, size: int) -> nn.
         kernel = language_kernel(method, size)
         # attention sees the whole sequence, except in a method with no bidirectional form (a scan)
         return LanguageModel(setting.vocab, size, setting.classes, setting.per_token, kernel, causal=method.causal_only)
-    dense = VisionModel(size, setting.classes, mixer_factories(registry.get("dense")), DIM)
+    readout = setting.readout
+    dense = VisionModel(size, setting.classes, mixer_factories(registry.get("dense")), DIM, readout=readout)
     if method.name == "dense":
         return dense
     target = parameter_count(dense)
     factory = mixer_factories(method)
 
     def count(units: int) -> int:
-        return parameter_count(VisionModel(size, setting.classes, factory, units * HEADS))
+        return parameter_count(VisionModel(size, setting.classes, factory, units * HEADS, readout=readout))
 
     low, high = 2, 4 * DIM // HEADS  # widths 2 HEADS .. 4 DIM
     while high - low > 1:  # the last width below the target, and the next one
@@ -434,7 +443,7 @@ def build_model(setting: TaskSetting, method: registry.Method, size: int) -> nn.
             f"no width gives {method.name} within {PARAM_TOLERANCE:.0%} of the dense model's {target} parameters "
             f"(closest: {count(units)} at C = {units * HEADS})"
         )
-    return VisionModel(size, setting.classes, factory, units * HEADS)
+    return VisionModel(size, setting.classes, factory, units * HEADS, readout=readout)
 
 
 # --------------------------------------------------------------------------- training
