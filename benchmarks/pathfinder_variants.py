@@ -1,8 +1,8 @@
 """Pathfinder-like maps built against a shortcut: the calibration runs that quality.py's docstring quotes.
 
 The arena's Pathfinder-like task (:func:`attnlib.tasks.pathfinder`) is left out of its default run,
-because dense attention does not reach 0.9 on it. Two other constructions were tried, each closing
-a shortcut that a model could take without following a path. This script builds them, trains the
+because dense attention does not reach 0.9 on it. Other constructions were tried, each closing a
+shortcut that a model could take without following a path. This script builds them, trains the
 arena's vision model on one (``quality.train_and_test``: the same budget, test set and seed rules),
 and measures the shortcut each one leaves:
 
@@ -207,6 +207,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rule-only", action="store_true", help="print the gap rule's accuracy and stop")
     parser.add_argument("--rule-maps", type=int, default=1000, help="maps the rule is measured on (seed 0)")
     args = parser.parse_args(argv)
+    if args.side < 8:
+        parser.error(f"--side: expected at least 8 (two separated paths), got {args.side}")
+    if not 3 <= args.length <= (args.side - 2) ** 2 // 4:
+        parser.error(f"--length: expected 3 .. (side - 2)^2 // 4 = {(args.side - 2) ** 2 // 4}, got {args.length}")
     if args.variant != "matched" and not 0 <= args.margin <= (args.length - CUT) // 2:
         parser.error(f"--margin: expected 0 .. (length - {CUT}) // 2 = {(args.length - CUT) // 2}, got {args.margin}")
     if args.layers < 1 or args.steps < 1:

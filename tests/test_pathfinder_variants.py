@@ -82,6 +82,8 @@ def test_a_tiny_run_end_to_end(monkeypatch, capsys):
         (["--variant", "cut", "--length", "12", "--margin", "5"], "--margin"),
         (["--variant", "matched", "--rule"], "--rule"),
         (["--variant", "cut", "--steps", "0"], "--steps"),
+        (["--variant", "matched", "--length", "500"], "--length"),
+        (["--variant", "twin", "--side", "6"], "--side"),
     ],
 )
 def test_bad_arguments_name_the_argument(argv, message, capsys):
