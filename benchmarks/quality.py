@@ -72,29 +72,29 @@ default run to fit 90 minutes on 2 CPU cores. Measured with dense attention, see
 
   Pathfinder-like, first model: 0.50 (chance) after 1000 steps with the mean readout of a 2 x 2
   patch embedding; with the maximum, 0.75 after 600 and 0.76 after 1200 (paths of 14 cells: 0.66;
-  of 20 cells turning half as often: 0.76; straight paths of 14 cells: 0.74; 4 layers: 0.76;
-  after 600). Those maps had a shortcut: their dashes started at a path's first cell, so its two
-  ends looked different, and a model that says "not connected" whenever both dots sit on ends of
-  the same kind is right on 0.75 of the maps without following any path. With the dashes laid
-  from both ends (the generator now), with the maximum: 0.69 after 600 steps, 0.76 after 2000; on
-  16 x 16 maps with paths of 10 cells, 0.67 after 1500. The model now (the stem, the mean): 0.49
-  after 1000, its loss still log 2; with 4 layers, 0.49 after 2000 (loss log 2); the stem with
-  the maximum readout, 0.54 after 2000. Two more constructions, each against a shortcut, built by
+  of 20 cells turning half as often: 0.76; straight paths of 14 cells: 0.74; 4 layers: 0.76; after
+  600). Those maps had a shortcut: their dashes started at a path's first cell, so its two ends
+  looked different, and a model that says "not connected" whenever both dots sit on ends of the
+  same kind is right on 0.75 of the maps without following any path. With the dashes laid from
+  both ends (the generator now), with the maximum: 0.69 after 600 steps, 0.76 after 2000; on 16 x
+  16 maps with paths of 10 cells, 0.67 after 1500. The model now (the stem, the mean): 0.49 after
+  1000, its loss still log 2; with 4 layers, 0.49 after 2000 (loss log 2); the stem with the
+  maximum readout, 0.54 after 2000. Two more constructions, each against a shortcut, built by
   ``benchmarks/pathfinder_variants.py`` (the model now, 1000 steps, seed 0). With the distance
-  between the dots matched in the two classes (``matched``), paths of 14 cells gave 0.51 (the
-  mean readout) and 0.57 (the maximum), paths of 8 cells 0.51 and 0.78 (the maximum with 4
-  layers: 0.60). With the dots always on the two ends of one path and one of two paths cut by a
-  gap of 3 cells (``cut``: the dots' positions tell nothing), paths of 12 cells: dense attention
-  0.98, but PoolFormer 0.93, and the script's rule on where the gap lies relative to the dots is
-  right on 0.99 of the maps; paths of 16 cells (that rule: 0.94), dense attention 0.52, its loss
-  log 2. With both places a gap can take 3 px apart (``twin``), the rule falls to 0.90 with paths
-  of 12 cells (dense attention 0.97, PoolFormer 0.94) and 0.78 with 16 (dense attention
-  0.61). A threshold on the distance between the two dots alone is right on 0.64 of the
-  default maps (0.89 with paths of 8 cells, which is why short paths do not make a fair task).
-  No variant gave dense attention 0.9 where neither a shortcut nor local mixing does nearly as
-  well: Pathfinder is left out of the default run (``--tasks pathfinder`` runs it), as a task that
-  this model and budget cannot calibrate; LRA's Transformer reaches 71.4 % on its Pathfinder
-  (Table 1).
+  between the dots matched in the two classes (``matched``), paths of 14 cells gave 0.51 (the mean
+  readout) and 0.57 (the maximum), paths of 8 cells 0.51 and 0.78 (the maximum with 4 layers:
+  0.60). With the dots always on the two ends of one path and one of two paths cut by a gap of 3
+  cells (``cut``: the dots' positions tell nothing), paths of 12 cells: dense attention 0.98, but
+  PoolFormer 0.93, and the script's rule on where the gap lies relative to the dots is right on
+  0.99 of the maps; paths of 16 cells (that rule: 0.94), dense attention 0.52, its loss log 2
+  (after 3000 steps: 0.49; with 4 layers: 0.50, both still at log 2). With both places a gap can
+  take 3 px apart (``twin``), the rule falls to 0.90 with paths of 12 cells (dense attention 0.97,
+  PoolFormer 0.94) and 0.78 with 16 (dense attention 0.61). A threshold on the distance between
+  the two dots alone is right on 0.64 of the default maps (0.89 with paths of 8 cells, which is
+  why short paths do not make a fair task). No variant gave dense attention 0.9 where neither a
+  shortcut nor local mixing does nearly as well: Pathfinder is left out of the default run
+  (``--tasks pathfinder`` runs it), as a task that this model and budget cannot calibrate; LRA's
+  Transformer reaches 71.4 % on its Pathfinder (Table 1).
 
 One training step of every registered method together (one thread, CPU time) cost about
 0.6 s on a language task at N = 64 (2.4 s at N = 256) and 0.9 s on a vision task at 28 x 28.
