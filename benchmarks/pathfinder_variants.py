@@ -49,24 +49,13 @@ TOLERANCE = 1.0  # matched: px between the two distances
 RING = 3  # twin: the second path's gap lies this far (Chebyshev, px) from the first path's
 
 
-def _two_paths(stream, side, length, turn_p):
-    """Two self-avoiding walks of ``length`` cells kept apart as the arena's generator keeps them."""
-    while True:
-        first = paths._walk(stream, side, length, turn_p, set())
-        if first is None:
-            continue
-        second = paths._walk(stream, side, length, turn_p, paths._near(first, paths.SEPARATION - 1))
-        if second is not None:
-            return first, second
-
-
 def matched_maps(batch, side, *, path_length, turn_p=0.2, dash=2, generator=0):
     """``(batch, 1, side, side)`` maps and labels: LRA's labels, the dots' distance the same in both classes."""
     stream = UniformStream(make_generator(generator))
     images, labels = torch.zeros(batch, 1, side, side), torch.empty(batch, dtype=torch.int64)
     for row in range(batch):
         while True:
-            first, second = _two_paths(stream, side, path_length, turn_p)
+            first, second = paths._two_paths(stream, side, path_length, turn_p)
             one = first[0] if stream.uniform() < 0.5 else first[-1]
             other = second[0] if stream.uniform() < 0.5 else second[-1]
             if abs(math.dist(first[0], first[-1]) - math.dist(one, other)) <= TOLERANCE:
@@ -118,7 +107,7 @@ def cut_maps(batch, side, *, path_length, margin, turn_p=0.2, dash=2, generator=
     """
 
     def propose(stream, connected):
-        first, second = _two_paths(stream, side, path_length, turn_p)
+        first, second = paths._two_paths(stream, side, path_length, turn_p)
         broken, whole = (second, first) if connected else (first, second)
         return first, whole, broken, margin + stream.below(path_length - 2 * margin - CUT + 1)
 

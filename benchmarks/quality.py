@@ -422,15 +422,15 @@ def build_model(setting: TaskSetting, method: registry.Method, size: int) -> nn.
         kernel = language_kernel(method, size)
         # attention sees the whole sequence, except in a method with no bidirectional form (a scan)
         return LanguageModel(setting.vocab, size, setting.classes, setting.per_token, kernel, causal=method.causal_only)
-    readout = setting.readout
-    dense = VisionModel(size, setting.classes, mixer_factories(registry.get("dense")), DIM, readout=readout)
+    model_of = partial(VisionModel, size, setting.classes, readout=setting.readout)  # (factory, width) -> model
+    dense = model_of(mixer_factories(registry.get("dense")), DIM)
     if method.name == "dense":
         return dense
     target = parameter_count(dense)
     factory = mixer_factories(method)
 
     def count(units: int) -> int:
-        return parameter_count(VisionModel(size, setting.classes, factory, units * HEADS, readout=readout))
+        return parameter_count(model_of(factory, units * HEADS))
 
     low, high = 2, 4 * DIM // HEADS  # widths 2 HEADS .. 4 DIM
     while high - low > 1:  # the last width below the target, and the next one
@@ -443,7 +443,7 @@ def build_model(setting: TaskSetting, method: registry.Method, size: int) -> nn.
             f"no width gives {method.name} within {PARAM_TOLERANCE:.0%} of the dense model's {target} parameters "
             f"(closest: {count(units)} at C = {units * HEADS})"
         )
-    return VisionModel(size, setting.classes, factory, units * HEADS, readout=readout)
+    return model_of(factory, units * HEADS)
 
 
 # --------------------------------------------------------------------------- training

@@ -81,6 +81,21 @@ def _near(cells: list, radius: int) -> set:
     return {(r + i, c + j) for r, c in cells for i in range(-radius, radius + 1) for j in range(-radius, radius + 1)}
 
 
+def _two_paths(stream: UniformStream, side: int, length: int, turn_p: float) -> tuple[list, list]:
+    """Two walks of ``length`` cells, the second kept ``SEPARATION - 1`` cells away from the first.
+
+    ValueError when ``MAX_TRIES`` attempts find none (the paths are too long for the map).
+    """
+    for _ in range(MAX_TRIES):
+        first = _walk(stream, side, length, turn_p, set())
+        if first is None:
+            continue
+        second = _walk(stream, side, length, turn_p, _near(first, SEPARATION - 1))
+        if second is not None:
+            return first, second
+    raise ValueError(f"no two separated paths of {length} cells fit a {side} x {side} map: shorten them")
+
+
 def draw_paths(side: int, paths: list, dots: list, *, dash: int = 2) -> torch.Tensor:
     """A ``(side, side)`` map: each path (a list of (row, col) cells) dashed, ``dash`` on, 1 off; then the dots.
 
@@ -151,15 +166,7 @@ def pathfinder(
     labels = torch.empty(batch, dtype=torch.int64)
     for row in range(batch):
         connected = stream.uniform() < 0.5
-        for _ in range(MAX_TRIES):
-            first = _walk(stream, side, path_length, turn_p, set())
-            if first is None:
-                continue
-            second = _walk(stream, side, path_length, turn_p, _near(first, SEPARATION - 1))
-            if second is not None:
-                break
-        else:
-            raise ValueError(f"no two separated paths of {path_length} cells fit a {side} x {side} map: shorten them")
+        first, second = _two_paths(stream, side, path_length, turn_p)
         if connected:
             dots = [first[0], first[-1]]
         else:
